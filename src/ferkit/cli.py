@@ -1,0 +1,147 @@
+"""`ferkit` command line: data, models, train, evaluate. Heavy imports happen inside each command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ferkit.errors import FerkitError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump) and `--a_b` accepted as `--a-b`."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_data_args(p: argparse.ArgumentParser, positional: bool = False) -> None:
+    """The options every command that reads FER2013 shares."""
+    if positional:
+        p.add_argument(
+            "data", nargs="?", help="FER2013 file or folder (default: $FERKIT_DATA, ./data/fer2013.csv)"
+        )
+    else:
+        p.add_argument("--data", help="FER2013 file or folder (default: $FERKIT_DATA, ./data/fer2013.csv)")
+    p.add_argument(
+        "--skip-bad-rows", "--skip_bad_rows", action="store_true", help="skip malformed rows, report how many"
+    )
+    p.add_argument("--labels", choices=["fer2013", "ferplus"], default="fer2013", help="label source")
+    p.add_argument("--ferplus", help="FER+ fer2013new.csv (default: $FERKIT_FERPLUS or beside the data)")
+
+
+def load_from_args(args: argparse.Namespace):
+    """Load the dataset the shared data options name."""
+    from ferkit.data import load_dataset
+
+    return load_dataset(args.data, skip_bad_rows=args.skip_bad_rows, labels=args.labels, ferplus=args.ferplus)
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from ferkit.classes import CLASS_NAMES
+    from ferkit.data import dataset_info
+
+    info = dataset_info(load_from_args(args))
+    if args.format == "json":
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['source']}: {info['total']} images, 48x48 grayscale")
+    width = max(len(c) for c in CLASS_NAMES)
+    print(f"{'split':<12}" + "".join(f"{c:>{width + 2}}" for c in CLASS_NAMES) + f"{'total':>9}")
+    for split, s in info["splits"].items():
+        counts = "".join(f"{n:>{width + 2}}" for n in s["classes"].values())
+        extra = f"  ({s['unlabelled']} unlabelled)" if s["unlabelled"] else ""
+        print(f"{split:<12}{counts}{s['total']:>9}{extra}")
+    img, dup = info["images"], info["duplicates"]
+    print(f"pixels: mean {img['mean']:.4f}, std {img['std']:.4f}; {img['blank']} blank images")
+    print(f"labels: {info['labels']['labelled']} labelled, {info['labels']['unlabelled']} unlabelled")
+    print(
+        f"duplicates: {dup['duplicate_rows']} rows repeat an earlier image "
+        f"({dup['duplicate_groups']} groups, "
+        f"{dup['groups_with_conflicting_labels']} with conflicting labels)"
+    )
+    for note in info["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_data_show(args: argparse.Namespace) -> int:
+    from ferkit.data.show import save_grid
+
+    ds = load_from_args(args)
+    if args.split != "all":
+        ds = ds.split(args.split)
+    print(save_grid(ds, Path(args.out), per_class=args.per_class, seed=args.seed))
+    return 0
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from ferkit.data.download import download
+
+    out = download(Path(args.out), source=args.source)
+    print(f"FER2013 downloaded to {out}; use it with --data {out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from ferkit.models import describe_models
+
+    models = describe_models()
+    if args.format == "json":
+        print(json.dumps(models, indent=2))
+        return 0
+    print(f"{'name':<18}{'params':>12}  input")
+    for m in models:
+        print(f"{m['name']:<18}{m['params']:>12,}  {'x'.join(map(str, m['input_size']))}")
+    return 0
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="ferkit", description="Facial expression recognition on FER2013.")
+    from ferkit import __version__
+
+    parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    data = sub.add_parser("data", help="inspect, visualise or download FER2013")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=Parser)
+    info = data_sub.add_parser("info", help="per-split, per-class counts, duplicates")
+    add_data_args(info, positional=True)
+    info.add_argument("--format", choices=["text", "json"], default="text")
+    info.set_defaults(func=cmd_data_info)
+    show = data_sub.add_parser("show", help="a PNG grid of sample faces per class")
+    add_data_args(show, positional=True)
+    show.add_argument("--out", default="grid.png", help="PNG to write (default grid.png)")
+    show.add_argument("--split", default="all", help="Training, PublicTest, PrivateTest, test or all")
+    show.add_argument("--per-class", "--per_class", type=int, default=8)
+    show.add_argument("--seed", type=int, default=0)
+    show.set_defaults(func=cmd_data_show)
+    dl = data_sub.add_parser("download", help="fetch FER2013 from Kaggle (needs credentials)")
+    dl.add_argument("--out", default="data", help="folder to put the files in (default ./data)")
+    dl.add_argument("--source", choices=["competition", "folders"], default="competition")
+    dl.set_defaults(func=cmd_data_download)
+
+    models = sub.add_parser("models", help="list the registered models")
+    models.add_argument("--format", choices=["text", "json"], default="text")
+    models.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user mistakes end as one line on stderr and a non-zero exit."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except FerkitError as e:
+        print(f"ferkit: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ferkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

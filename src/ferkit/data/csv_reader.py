@@ -1,0 +1,150 @@
+"""Readers for the CSV forms of FER2013: fer2013.csv(.gz), icml_face_data.csv, train.csv, test.csv."""
+
+from __future__ import annotations
+
+import gzip
+import warnings
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.classes import NUM_CLASSES
+from ferkit.data.dataset import FerDataset
+from ferkit.errors import FerkitError
+
+PIXELS = 48 * 48
+USAGES = ("Training", "PublicTest", "PrivateTest")
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped when it is gzip (by magic bytes, not by name)."""
+    raw = path.read_bytes()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+        raise FerkitError(f"{path}: truncated or corrupt gzip file ({e})") from None
+
+
+def _split_lines(path: Path, data: bytes) -> tuple[list[str], list[bytes]]:
+    """Header column names (stripped, lower-case) and the non-empty body lines."""
+    if not data.strip():
+        raise FerkitError(f"{path}: file is empty")
+    if b"\x00" in data[:4096]:
+        raise FerkitError(f"{path}: not a CSV file (binary content)")
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    lines = data.split(b"\n")
+    try:
+        header = [c.strip().strip('"').lower() for c in lines[0].decode("utf-8").strip("\r").split(",")]
+    except UnicodeDecodeError:
+        raise FerkitError(f"{path}: not a CSV file (line 1 is not text)") from None
+    return header, lines[1:]
+
+
+def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
+    """Read any CSV form of FER2013; the columns decide which one it is.
+
+    `emotion,pixels,Usage` (fer2013.csv, icml_face_data.csv, in any column order) keep the official
+    split; `emotion,pixels` (train.csv) is Training; `pixels` alone (test.csv) is unlabelled `test`.
+    Bad rows raise FerkitError naming the file and line, or are skipped and counted.
+    """
+    data = read_bytes(path)
+    header, lines = _split_lines(path, data)
+    if "pixels" not in header:
+        raise FerkitError(
+            f"{path}: no 'pixels' column (columns: {', '.join(header)}); "
+            "expected FER2013 columns emotion,pixels,Usage"
+        )
+    col = {name: header.index(name) for name in ("emotion", "pixels", "usage") if name in header}
+    ncols = len(header)
+    default_split = "Training" if "emotion" in col else "test"
+    if "usage" in col and "emotion" not in col:
+        raise FerkitError(f"{path}: has a 'Usage' column but no 'emotion' column")
+
+    pixel_fields: list[bytes] = []
+    labels: list[int] = []
+    splits: list[str] = []
+    rows: list[int] = []
+    bad: list[str] = []
+
+    def reject(lineno: int, why: str) -> None:
+        msg = f"{path}: line {lineno}: {why}"
+        if not skip_bad_rows:
+            raise FerkitError(msg)
+        bad.append(msg)
+
+    for row, line in enumerate(lines):
+        lineno = row + 2
+        line = line.rstrip(b"\r")
+        if not line.strip():
+            continue
+        fields = [f.strip().strip(b'"') for f in line.split(b",")]
+        if len(fields) != ncols:
+            reject(lineno, f"expected {ncols} fields ({','.join(header)}), found {len(fields)}")
+            continue
+        label = -1
+        if "emotion" in col:
+            text = fields[col["emotion"]].decode("utf-8", "replace")
+            if not (text.isdigit() and int(text) < NUM_CLASSES):
+                reject(lineno, f"emotion {text!r} is not a label 0-{NUM_CLASSES - 1}")
+                continue
+            label = int(text)
+        split = default_split
+        if "usage" in col:
+            split = fields[col["usage"]].decode("utf-8", "replace")
+            if split not in USAGES:
+                reject(lineno, f"Usage {split!r} is not one of {', '.join(USAGES)}")
+                continue
+        pixel_fields.append(fields[col["pixels"]])
+        labels.append(label)
+        splits.append(split)
+        rows.append(row)
+
+    images, ok = _parse_pixels(pixel_fields)
+    for i in np.flatnonzero(~ok):
+        reject(rows[i] + 2, _pixel_problem(pixel_fields[i]))
+    if not ok.all():
+        keep = np.flatnonzero(ok)
+        images = images[keep]
+        labels = [labels[i] for i in keep]
+        splits = [splits[i] for i in keep]
+        rows = [rows[i] for i in keep]
+    if not rows:
+        raise FerkitError(f"{path}: no usable rows")
+    notes = []
+    if bad:
+        notes.append(f"skipped {len(bad)} bad rows (first: {bad[0]})")
+    return FerDataset(
+        images=images.reshape(-1, 48, 48),
+        labels=np.asarray(labels, np.int64),
+        splits=np.asarray(splits),
+        indices=np.asarray(rows, np.int64),
+        source=str(path),
+        notes=notes,
+    )
+
+
+def _parse_pixels(fields: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Parse space-separated pixel strings into uint8 (N, 2304); a bool mask marks well-formed rows."""
+    out = np.zeros((len(fields), PIXELS), np.uint8)
+    ok = np.ones(len(fields), bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # numpy warns when a string does not parse to its end
+        for i, field in enumerate(fields):
+            values = np.fromstring(field, dtype=np.int32, sep=" ")
+            if values.size != PIXELS or values.min() < 0 or values.max() > 255:
+                ok[i] = False
+            else:
+                out[i] = values
+    return out, ok
+
+
+def _pixel_problem(field: bytes) -> str:
+    """Say what is wrong with one pixel string (the slow path, only for bad rows)."""
+    tokens = field.split()
+    for k, token in enumerate(tokens):
+        if not token.isdigit() or int(token) > 255:
+            return f"pixel {k + 1} is {token.decode('utf-8', 'replace')!r}, not an integer 0-255"
+    return f"expected {PIXELS} pixel values, found {len(tokens)}"

@@ -71,6 +71,8 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_data_show(args: argparse.Namespace) -> int:
     from ferkit.data.show import save_grid
 
+    if args.per_class < 1:
+        raise FerkitError(f"--per-class {args.per_class}: must be at least 1")
     ds = load_from_args(args)
     if args.split != "all":
         ds = ds.split(args.split)
@@ -97,6 +99,49 @@ def cmd_models(args: argparse.Namespace) -> int:
     for m in models:
         print(f"{m['name']:<18}{m['params']:>12,}  {'x'.join(map(str, m['input_size']))}")
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ferkit.config import config_from_args
+    from ferkit.engine import fit
+
+    summary = fit(config_from_args(args))
+    if "best_val_acc" in summary and summary.get("best_epoch"):
+        print(
+            f"best PublicTest accuracy {summary['best_val_acc']:.2%} at epoch {summary['best_epoch']}; "
+            f"checkpoints in {summary['output_dir']}"
+        )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ferkit.checkpoint import load_checkpoint
+    from ferkit.evaluate import evaluate_checkpoint, format_report
+
+    ckpt = load_checkpoint(args.model_path)
+    ds = load_from_args(args)
+    report = evaluate_checkpoint(args.model_path, ckpt, ds, args.split, args.batch_size, args.device)
+    print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from ferkit.config import add_config_arguments
+
+    train = sub.add_parser("train", help="train a model (Training split; best epoch chosen on PublicTest)")
+    add_config_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a checkpoint")
+    ev.add_argument("--model_path", "--model-path", default="models/best_model.pth", help="checkpoint (.pth)")
+    add_data_args(ev)
+    ev.add_argument("--split", default="PrivateTest", help="Training, PublicTest, PrivateTest or all")
+    ev.add_argument("--batch_size", "--batch-size", type=int, default=512)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--format", choices=["text", "json"], default="text")
+    ev.set_defaults(func=cmd_evaluate)
 
 
 def build_parser() -> Parser:
@@ -127,6 +172,8 @@ def build_parser() -> Parser:
     models = sub.add_parser("models", help="list the registered models")
     models.add_argument("--format", choices=["text", "json"], default="text")
     models.set_defaults(func=cmd_models)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

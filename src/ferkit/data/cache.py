@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ferkit.data.dataset import FerDataset
 
 CACHE_VERSION = "1"
 FIELDS = ("images", "labels", "splits", "indices")
+SOURCE = "{source}"  # stands for the source path in cached notes (the key is the content, not the path)
 
 
 def cache_dir() -> Path:
@@ -44,14 +46,16 @@ def cached(path: Path, options: str, build: Callable[[], FerDataset]) -> FerData
         try:
             with np.load(file, allow_pickle=False) as z:
                 soft = z.get("soft_labels")
+                notes = [n.replace(SOURCE, str(path)) for n in z["notes"].tolist()]
                 return FerDataset(**{k: z[k] for k in FIELDS}, source=str(path), soft_labels=soft,
-                                  notes=z["notes"].tolist())  # fmt: skip
-        except (OSError, ValueError, KeyError):
+                                  notes=notes)  # fmt: skip
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             pass  # a damaged cache entry is rebuilt below
     ds = build()
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {k: getattr(ds, k) for k in FIELDS} | {"notes": np.asarray(ds.notes, dtype=str)}
+        notes = [n.replace(str(path), SOURCE) for n in ds.notes]  # same bytes elsewhere: name that file
+        arrays = {k: getattr(ds, k) for k in FIELDS} | {"notes": np.asarray(notes, dtype=str)}
         if ds.soft_labels is not None:
             arrays["soft_labels"] = ds.soft_labels
         with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as tmp:

@@ -87,7 +87,7 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
         label = -1
         if "emotion" in col:
             text = fields[col["emotion"]].decode("utf-8", "replace")
-            if not (text.isdigit() and int(text) < NUM_CLASSES):
+            if not (text.isascii() and text.isdigit() and int(text) < NUM_CLASSES):
                 reject(lineno, f"emotion {text!r} is not a label 0-{NUM_CLASSES - 1}")
                 continue
             label = int(text)
@@ -133,7 +133,11 @@ def _parse_pixels(fields: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numpy warns when a string does not parse to its end
         for i, field in enumerate(fields):
-            values = np.fromstring(field, dtype=np.int32, sep=" ")
+            try:  # int64: int32 would wrap 4294967296 to 0; numpy 2 raises on non-numeric text
+                values = np.fromstring(field, dtype=np.int64, sep=" ")
+            except ValueError:
+                ok[i] = False
+                continue
             if values.size != PIXELS or values.min() < 0 or values.max() > 255:
                 ok[i] = False
             else:

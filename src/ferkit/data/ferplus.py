@@ -76,8 +76,8 @@ def apply_ferplus(ds: FerDataset, path: Path) -> FerDataset:
     if mismatch.size:
         i = mismatch[0]
         raise FerkitError(
-            f"{path}: line {ds.indices[i] + 2}: Usage {usage[ds.indices[i]]!r} does not match "
-            f"{ds.source} ({ds.splits[i]!r}): not the FER+ file of this data"
+            f"{path}: line {ds.indices[i] + 2}: Usage {str(usage[ds.indices[i]])!r} does not match "
+            f"{ds.source} ({str(ds.splits[i])!r}): not the FER+ file of this data"
         )
     labels, dist = majority_and_distribution(votes[ds.indices])
     dropped = int((labels < 0).sum())

@@ -1,0 +1,85 @@
+"""Checkpoints as plain dicts: written atomically, read with `weights_only=True`, never pickled modules."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ferkit import __version__
+from ferkit.errors import FerkitError
+
+FORMAT = "ferkit-checkpoint"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_payload(model: nn.Module, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """What rebuilds a model from the file alone: architecture, arguments, input cfg, classes, weights."""
+    cfg = model.default_cfg
+    return {
+        "format": FORMAT,
+        "ferkit_version": __version__,
+        "arch": model.arch,
+        "model_args": dict(model.model_args),
+        "input_size": list(cfg["input_size"]),
+        "mean": list(cfg["mean"]),
+        "std": list(cfg["std"]),
+        "class_names": list(class_names),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a ferkit checkpoint safely; FerkitError for missing, truncated, foreign or code-carrying files."""
+    p = Path(path)
+    if not p.is_file():
+        raise FerkitError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise FerkitError(
+            f"{p}: refused: the file holds objects other than weights ({first[:120]})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise FerkitError(
+            f"{p}: not a readable PyTorch checkpoint (truncated or corrupt: {e.__class__.__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise FerkitError(f"{p}: not a ferkit checkpoint (no 'format: {FORMAT}' entry)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
+    from ferkit.models import create_model
+
+    model = create_model(ckpt["arch"], **ckpt["model_args"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise FerkitError(
+            f"{source}: weights do not fit a {ckpt['arch']} ({str(e).splitlines()[0][:160]})"
+        ) from None
+    return model.eval()

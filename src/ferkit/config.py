@@ -1,0 +1,191 @@
+"""Training configuration: dataclass defaults <- YAML (`--config`) <- command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferkit.errors import FerkitError
+
+
+def option(
+    default: Any, help: str, choices: tuple[str, ...] | None = None, minimum: float | None = None
+) -> Any:
+    """A config field with its help text, allowed values and lower bound."""
+    meta = {"help": help, "choices": choices, "minimum": minimum}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of `ferkit train`; the resolved instance is saved with each run and checkpoint."""
+
+    model: str = option("cnn", "architecture (see `ferkit models`)")
+    pretrained: str = option(
+        "", "'imagenet' for ImageNet weights, or a local weights file; empty: from scratch"
+    )
+    drop_rate: float = option(0.3, "dropout before the classifier (and inside cnn/vgg)", minimum=0.0)
+    data: str = option("", "FER2013 file or folder (default: $FERKIT_DATA, ./data/fer2013.csv)")
+    labels: str = option("fer2013", "label source", ("fer2013", "ferplus"))
+    ferplus: str = option("", "FER+ fer2013new.csv (default: $FERKIT_FERPLUS or beside the data)")
+    soft_labels: bool = option(False, "train on FER+ vote distributions instead of majority labels")
+    skip_bad_rows: bool = option(False, "skip malformed data rows")
+    epochs: int = option(50, "training epochs", minimum=1)
+    batch_size: int = option(64, "training batch size (per process)", minimum=1)
+    eval_batch_size: int = option(512, "evaluation batch size", minimum=1)
+    lr: float = option(0.001, "peak learning rate", minimum=0.0)
+    optimizer: str = option("adam", "optimizer", ("sgd", "adam", "adamw"))
+    momentum: float = option(0.9, "SGD momentum", minimum=0.0)
+    nesterov: bool = option(True, "Nesterov momentum for SGD")
+    weight_decay: float = option(0.0, "weight decay", minimum=0.0)
+    scheduler: str = option("cosine", "LR schedule", ("cosine", "onecycle", "plateau", "step", "none"))
+    warmup_epochs: float = option(0.0, "linear LR warm-up, in epochs", minimum=0.0)
+    min_lr: float = option(0.0, "floor of the cosine schedule", minimum=0.0)
+    step_size: int = option(10, "epochs between LR drops (step schedule)", minimum=1)
+    gamma: float = option(0.1, "LR factor at each drop (step and plateau schedules)", minimum=0.0)
+    plateau_patience: int = option(5, "epochs without val improvement before an LR drop (plateau)", minimum=1)
+    label_smoothing: float = option(0.0, "label smoothing", minimum=0.0)
+    class_weights: str = option("none", "class-weighted loss", ("none", "inverse", "effective"))
+    augment: str = option("standard", "augmentation preset", ("none", "flip", "standard", "strong"))
+    mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
+    cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
+    freeze_epochs: int = option(0, "train only the head for this many epochs (fine-tuning)", minimum=0)
+    backbone_lr_scale: float = option(0.1, "backbone LR factor after unfreezing (fine-tuning)", minimum=0.0)
+    early_stopping: int = option(0, "stop after this many epochs without val improvement (0: off)", minimum=0)
+    seed: int = option(42, "random seed")
+    limit_batches: int = option(
+        0, "cap train and eval batches per epoch (0: no cap), for smoke runs", minimum=0
+    )
+    output_dir: str = option("", "run folder (default runs/<time>-<model>)")
+    save_best_to: str = option("models/best_model.pth", "also copy the best checkpoint here ('' to skip)")
+    resume: bool = option(False, "continue from OUTPUT_DIR/last.pth")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = option(
+        "auto", "auto: bf16 on CPUs with bf16 units, fp16 AMP on CUDA", ("auto", "fp32", "bf16", "fp16")
+    )
+    channels_last: bool = option(True, "channels-last memory format")
+    progress: bool = option(True, "show a progress bar")
+    wandb: str = option(
+        "auto", "W&B mode (auto: online when logged in)", ("auto", "online", "offline", "disabled")
+    )
+    wandb_project: str = option("facial-expression-recognition", "W&B project")
+    experiment_type: str = option("baseline", "third W&B tag, after model and dataset version")
+    tags: list[str] = option([], "extra W&B tags")
+    run_name: str = option("", "W&B run name (default: the output folder name)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _base_type(f: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(TrainConfig)[f.name]
+    if isinstance(hint, types.UnionType):
+        hint = typing.get_args(hint)[0]
+    return typing.get_origin(hint) or hint
+
+
+def _check(name: str, value: Any, where: str) -> Any:
+    """Coerce one value to its field's type and check its range; FerkitError names the option."""
+    f = FIELDS.get(name)
+    if f is None:
+        raise FerkitError(f"{where}: unknown option {name!r}")
+    kind = _base_type(f)
+    try:
+        if kind is bool and not isinstance(value, bool):
+            raise ValueError
+        if kind is list:
+            value = [str(v) for v in ([value] if isinstance(value, str) else value)]
+        elif kind is not bool:
+            if kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = kind(value) if value is not None else kind()
+    except (TypeError, ValueError):
+        raise FerkitError(f"{where}: option {name!r}: {value!r} is not a valid {kind.__name__}") from None
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise FerkitError(f"{where}: option {name!r}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta["minimum"] is not None and value < meta["minimum"]:
+        raise FerkitError(f"{where}: option {name!r}: {value!r} is below {meta['minimum']}")
+    return value
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """The options of a YAML config file (a mapping of option names to values)."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise FerkitError(f"{path}: config file not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise FerkitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise FerkitError(f"{path}: expected a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def resolve_config(config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML file's options, then the flags given on the command line."""
+    values: dict[str, Any] = {}
+    if config_file:
+        for k, v in load_yaml(Path(config_file)).items():
+            values[k] = _check(k, v, config_file)
+    for k, v in overrides.items():
+        values[k] = _check(k, v, f"--{k}")
+    return TrainConfig(**values)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field (`--batch_size` and `--batch-size`), defaulting to 'not given'."""
+    parser.add_argument("--config", help="YAML file of options (flags override it)")
+    for name, f in FIELDS.items():
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        kind = _base_type(f)
+        meta = f.metadata
+        help_text = (
+            f"{meta['help']} (default: {f.default if f.default_factory is dataclasses.MISSING else []})"
+        )
+        if kind is bool:
+            parser.add_argument(
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+        elif kind is list:
+            parser.add_argument(*flags, dest=name, nargs="*", default=argparse.SUPPRESS, help=help_text)
+        elif name == "pretrained":  # a bare --pretrained means ImageNet weights
+            parser.add_argument(
+                *flags, dest=name, nargs="?", const="imagenet", default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(
+                *flags,
+                dest=name,
+                type=kind,
+                choices=meta["choices"],
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The resolved config of a parsed `ferkit train` command line."""
+    given = {k: v for k, v in vars(args).items() if k in FIELDS}
+    return resolve_config(getattr(args, "config", None), given)

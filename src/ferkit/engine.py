@@ -1,0 +1,504 @@
+"""The training loop, top to bottom: data on the device, train_one_epoch, evaluate, fit (resume, DDP)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ferkit.checkpoint import atomic_save, load_checkpoint, model_payload
+from ferkit.classes import CLASS_NAMES
+from ferkit.config import TrainConfig
+from ferkit.data import class_weights, load_dataset
+from ferkit.data.transforms import BatchTransform, mix_batch
+from ferkit.errors import FerkitError
+from ferkit.metrics import classification_report
+from ferkit.models import backbone_and_head, create_model
+from ferkit.schedule import Plateau, lr_factor
+from ferkit.tracking import Tracker
+
+
+class Diverged(FerkitError):
+    """The loss became NaN or infinite."""
+
+
+# ----------------------------------------------------------------------------- devices and precision
+def select_device(name: str) -> torch.device:
+    """auto: the local CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise FerkitError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FerkitError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AMX or AVX-512 BF16), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device` (None: plain fp32)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else None
+    if precision == "fp16" and device.type == "cpu":
+        raise FerkitError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- distributed
+def init_distributed(device_name: str) -> tuple[int, int]:
+    """(rank, world size); under torchrun, joins the process group (nccl on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world == 1:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() and device_name != "cpu" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist.get_rank(), world
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+# ----------------------------------------------------------------------------- one epoch
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world: int = 1, limit: int = 0
+) -> Iterator[torch.Tensor]:
+    """Index batches: shuffled (with `generator`) and sharded across processes, or in order."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if world > 1:
+        per_rank = n // world  # equal counts, so every process runs the same number of steps
+        order = order[rank * per_rank : (rank + 1) * per_rank]
+    count = len(order) // batch_size if generator is not None else math.ceil(len(order) / batch_size)
+    if limit:
+        count = min(count, limit)
+    for i in range(count):
+        yield order[i * batch_size : (i + 1) * batch_size]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+    optimizer: torch.optim.Optimizer,
+    set_lr: Any,
+    cfg: TrainConfig,
+    epoch: int,
+    loss_weight: torch.Tensor | None,
+    dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    rank: int = 0,
+    world: int = 1,
+) -> dict[str, float]:
+    """One pass over the training images; returns mean loss, accuracy, images/s."""
+    model.train()
+    device = images.device
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    steps = len(images) // world // cfg.batch_size
+    if cfg.limit_batches:
+        steps = min(steps, cfg.limit_batches)
+    total_loss = correct = seen = 0.0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch}",
+        unit="batch",
+        leave=False,
+        file=sys.stderr,
+        disable=not cfg.progress or rank != 0,
+        dynamic_ncols=True,
+    )
+    for step, idx in enumerate(batches(len(images), cfg.batch_size, gen, rank, world, cfg.limit_batches)):
+        set_lr(epoch - 1 + step / steps)
+        idx = idx.to(device)
+        x = transform(images[idx])
+        y, y_hard = targets[idx], labels[idx]
+        x, y = mix_batch(x, y, cfg.mixup, cfg.cutmix)
+        with autocast(device, dtype):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=loss_weight, label_smoothing=cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise Diverged(f"loss became {loss.item()} at epoch {epoch}, batch {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = len(idx)
+        total_loss += loss.item() * n
+        correct += (logits.argmax(1) == y_hard).sum().item()
+        seen += n
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", img_s=f"{seen * world / elapsed:.0f}", refresh=False)
+        bar.update()
+    bar.close()
+    stats = torch.tensor([total_loss, correct, seen], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(stats)
+    elapsed = time.perf_counter() - start
+    return {
+        "loss": stats[0].item() / stats[2].item(),
+        "acc": stats[1].item() / stats[2].item(),
+        "images_per_s": stats[2].item() / elapsed,
+    }
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    transform: BatchTransform,
+    batch_size: int,
+    dtype: torch.dtype | None = None,
+    limit: int = 0,
+) -> torch.Tensor:
+    """Softmax probabilities (float32, CPU) for uint8 faces, in order."""
+    model.eval()
+    out = []
+    for idx in batches(len(images), batch_size, None, limit=limit):
+        x = transform(images[idx.to(images.device)])
+        with autocast(images.device, dtype):
+            out.append(model(x).float().softmax(1).cpu())
+    return torch.cat(out)
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    transform: BatchTransform,
+    batch_size: int,
+    dtype: torch.dtype | None = None,
+    limit: int = 0,
+) -> dict[str, Any]:
+    """Loss and accuracy on labelled faces, with the probabilities they came from."""
+    probs = predict_probs(model, images, transform, batch_size, dtype, limit)
+    y = labels[: len(probs)].cpu()
+    loss = F.nll_loss(probs.clamp_min(1e-12).log(), y).item()
+    return {"loss": loss, "acc": (probs.argmax(1) == y).float().mean().item(), "probs": probs, "labels": y}
+
+
+# ----------------------------------------------------------------------------- optimizer
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """Param groups: backbone/head (fine-tuning LR scales) x decay/no-decay (no decay on norms, biases)."""
+    backbone, head = backbone_and_head(model)
+    groups = []
+    for is_backbone, params in ((True, backbone), (False, head)):
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+            if ps:
+                groups.append({"params": ps, "weight_decay": wd, "backbone": is_backbone})
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
+    opt = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return opt(groups, lr=cfg.lr)
+
+
+def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plateau) -> Any:
+    """A function of fractional epoch progress that sets every group's LR."""
+
+    def set_lr(progress: float) -> float:
+        base = (
+            cfg.lr
+            * plateau.factor
+            * lr_factor(
+                cfg.scheduler,
+                progress,
+                cfg.epochs,
+                cfg.warmup_epochs,
+                cfg.step_size,
+                cfg.gamma,
+                cfg.min_lr / cfg.lr if cfg.lr else 0.0,
+            )
+        )
+        frozen = progress < cfg.freeze_epochs
+        backbone_scale = 0.0 if frozen else (cfg.backbone_lr_scale if cfg.pretrained else 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = base * (backbone_scale if group["backbone"] else 1.0)
+        return base
+
+    return set_lr
+
+
+# ----------------------------------------------------------------------------- fit
+def default_output_dir(cfg: TrainConfig) -> Path:
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}"
+
+
+def fit(cfg: TrainConfig) -> dict[str, Any]:
+    """Train `cfg.model` on Training, choose the best epoch on PublicTest; returns the summary."""
+    rank, world = init_distributed(cfg.device)
+    device = select_device(cfg.device)
+    dtype = autocast_dtype(cfg.precision, device)
+    if cfg.resume and not cfg.output_dir:
+        raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
+    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    if world > 1 and not cfg.output_dir:
+        raise FerkitError("multi-process training needs --output_dir (every process must agree on it)")
+
+    # data: all of it on the device as uint8; batches are index tensors
+    ds = load_dataset(
+        cfg.data or None, skip_bad_rows=cfg.skip_bad_rows, labels=cfg.labels, ferplus=cfg.ferplus or None
+    )
+    if cfg.soft_labels and ds.soft_labels is None:
+        raise FerkitError("--soft_labels needs FER+ vote distributions: add --labels ferplus")
+    train = ds.split("Training", labelled_only=True)
+    try:
+        val = ds.split("PublicTest", labelled_only=True)
+    except FerkitError:
+        raise FerkitError(
+            f"{ds.source}: no labelled PublicTest rows; validation (checkpoint choice) needs them"
+        ) from None
+    train_images = torch.from_numpy(train.images).to(device)
+    train_labels = torch.from_numpy(train.labels).to(device)
+    train_targets = torch.from_numpy(train.soft_labels).to(device) if cfg.soft_labels else train_labels
+    val_images = torch.from_numpy(val.images).to(device)
+    val_labels = torch.from_numpy(val.labels)
+
+    # model, transforms, loss, optimizer
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, drop_rate=cfg.drop_rate, pretrained=cfg.pretrained or False).to(device)
+    memory = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory)
+    mcfg = model.default_cfg
+    train_tf = BatchTransform(mcfg["input_size"], mcfg["mean"], mcfg["std"], cfg.augment, cfg.channels_last)
+    eval_tf = BatchTransform(mcfg["input_size"], mcfg["mean"], mcfg["std"], "none", cfg.channels_last)
+    weights = class_weights(train.labels, cfg.class_weights)
+    loss_weight = None if cfg.class_weights == "none" else torch.from_numpy(weights).to(device)
+    optimizer = build_optimizer(model, cfg)
+    plateau = Plateau(cfg.plateau_patience, cfg.gamma)
+    set_lr = lr_setter(optimizer, cfg, plateau)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    # resume
+    start_epoch, best_acc, best_epoch = 1, -1.0, 0
+    if cfg.resume:
+        ckpt = load_checkpoint(out / "last.pth") if (out / "last.pth").exists() else None
+        if ckpt is None:
+            raise FerkitError(f"--resume: no checkpoint at {out / 'last.pth'}")
+        if ckpt["arch"] != cfg.model:
+            raise FerkitError(f"--resume: {out / 'last.pth'} is a {ckpt['arch']}, not a {cfg.model}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        for k, v in ckpt["plateau"].items():
+            setattr(plateau, k, v)
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
+    elif rank == 0 and (out / "last.pth").exists():
+        raise FerkitError(
+            f"{out} already holds a run (last.pth): pass --resume to continue it, or another --output_dir"
+        )
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+    run_cfg = cfg.to_dict() | {
+        "output_dir": str(out),
+        "world_size": world,
+        "autocast": str(dtype),
+        "device": str(device),
+        "train_images": len(train),
+        "val_images": len(val),
+    }
+    tracker = Tracker(
+        out,
+        run_cfg,
+        mode=cfg.wandb,
+        project=cfg.wandb_project,
+        tags=[cfg.model, cfg.labels, cfg.experiment_type, *cfg.tags],
+        run_name=cfg.run_name or out.name,
+        resume_epoch=start_epoch - 1 if cfg.resume else None,
+        enabled=rank == 0,
+    )
+
+    def save(path: Path, epoch: int, resumable: bool) -> None:
+        ckpt = model_payload(unwrap(model), CLASS_NAMES) | {
+            "config": cfg.to_dict(),
+            "epoch": epoch,
+            "best_acc": best_acc,
+            "best_epoch": best_epoch,
+        }
+        if resumable:
+            ckpt |= {
+                "optimizer": optimizer.state_dict(),
+                "plateau": asdict(plateau),
+                "scaler": scaler.state_dict() if scaler else None,
+            }
+        atomic_save(ckpt, path)
+
+    if rank == 0:
+        print(
+            f"training {cfg.model} on {len(train)} images ({device}, {dtype or 'fp32'}, "
+            f"{world} process{'es' if world > 1 else ''}), validating on {len(val)} PublicTest; "
+            f"run folder {out}"
+        )
+    stale = 0
+    epoch = start_epoch - 1
+    try:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            torch.manual_seed(
+                cfg.seed * 1000 + epoch * 10 + rank
+            )  # resumable: each epoch's randomness is fixed
+            t0 = time.perf_counter()
+            tr = train_one_epoch(
+                model,
+                train_images,
+                train_targets,
+                train_labels,
+                train_tf,
+                optimizer,
+                set_lr,
+                cfg,
+                epoch,
+                loss_weight,
+                dtype,
+                scaler,
+                rank,
+                world,
+            )
+            va = evaluate(
+                unwrap(model), val_images, val_labels, eval_tf, cfg.eval_batch_size, dtype, cfg.limit_batches
+            )
+            if cfg.scheduler == "plateau":
+                plateau.step(va["acc"])
+            improved = va["acc"] > best_acc
+            if improved:
+                best_acc, best_epoch, stale = va["acc"], epoch, 0
+            else:
+                stale += 1
+            row = {
+                "epoch": epoch,
+                "train_loss": tr["loss"],
+                "train_acc": tr["acc"],
+                "val_loss": va["loss"],
+                "val_acc": va["acc"],
+                "lr": optimizer.param_groups[-1]["lr"],
+                "time": time.perf_counter() - t0,
+                "images_per_s": tr["images_per_s"],
+            }
+            if rank == 0:
+                tracker.log_epoch(row)
+                if improved:
+                    save(out / "best.pth", epoch, resumable=False)
+                    copy_best(out / "best.pth", cfg.save_best_to)
+                save(out / "last.pth", epoch, resumable=True)
+                print(
+                    f"epoch {epoch}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.2%}  "
+                    f"val loss {va['loss']:.4f} acc {va['acc']:.2%}{' *' if improved else ''}  "
+                    f"lr {row['lr']:.2e}  {row['time']:.1f}s ({tr['images_per_s']:.0f} img/s)",
+                    flush=True,
+                )
+            if cfg.early_stopping and stale >= cfg.early_stopping:
+                if rank == 0:
+                    print(f"early stopping: no PublicTest improvement in {stale} epochs")
+                break
+    except Diverged as e:
+        tracker.finish(exit_code=1)
+        raise FerkitError(
+            f"{e}; the last good checkpoint is kept in {out / 'last.pth'}; try a lower --lr"
+        ) from None
+
+    summary = {
+        "best_val_acc": best_acc,
+        "best_epoch": best_epoch,
+        "epochs_run": epoch,
+        "output_dir": str(out),
+    }
+    if rank == 0:
+        summary |= final_report(out, val, val_images, eval_tf, cfg, tracker)
+        tracker.log_summary(summary)
+    tracker.finish()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def copy_best(best: Path, target: str) -> None:
+    """Atomically copy the best checkpoint to the seed's models/best_model.pth (or another path)."""
+    if not target:
+        return
+    dest = Path(target)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(best, tmp)
+    os.replace(tmp, dest)
+
+
+def final_report(
+    out: Path,
+    val: Any,
+    val_images: torch.Tensor,
+    eval_tf: BatchTransform,
+    cfg: TrainConfig,
+    tracker: Tracker,
+) -> dict[str, Any]:
+    """The best checkpoint on PublicTest: confusion matrix, sample predictions, model artifact."""
+    from ferkit.checkpoint import model_from_checkpoint
+
+    best = model_from_checkpoint(load_checkpoint(out / "best.pth"), str(out / "best.pth")).to(
+        val_images.device
+    )
+    probs = predict_probs(
+        best, val_images, eval_tf, cfg.eval_batch_size, None, cfg.limit_batches
+    ).numpy()  # fp32, as evaluate
+    labels = val.labels[: len(probs)]
+    report = classification_report(labels, probs, CLASS_NAMES)
+    tracker.log_confusion_matrix(labels, probs.argmax(1), CLASS_NAMES, title="val_confusion_matrix")
+    sample = np.linspace(0, len(probs) - 1, min(64, len(probs))).astype(int)
+    tracker.log_predictions(val.images[sample], labels[sample], probs[sample], CLASS_NAMES)
+    tracker.log_model(out / "best.pth", aliases=("best", "latest"), metadata={"val_acc": report["accuracy"]})
+    return {
+        "val_acc_fp32": report["accuracy"],
+        "val_macro_f1": report["macro_f1"],
+        "val_ece": report["ece"],
+        "val_confusion_matrix": report["confusion_matrix"],
+    }

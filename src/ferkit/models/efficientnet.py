@@ -1,0 +1,26 @@
+"""torchvision EfficientNets at CPU-friendly input sizes."""
+
+from torch import nn
+from torchvision import models
+
+from ferkit.models.registry import register_model
+from ferkit.models.torchvision_utils import replace_first_conv, torchvision_cfg
+
+
+def _efficientnet(arch: str, size: int, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
+    model = getattr(models, arch)(num_classes=num_classes, dropout=drop_rate)
+    replace_first_conv(model, "features.0.0", in_chans)
+    model.default_cfg = torchvision_cfg(arch, in_chans, size, "features.0.0", "classifier")
+    return model
+
+
+@register_model
+def efficientnet_b0(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool) -> nn.Module:
+    """torchvision EfficientNet-B0 at 96x96."""
+    return _efficientnet("efficientnet_b0", 96, num_classes, in_chans, drop_rate)
+
+
+@register_model
+def efficientnet_b2(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool) -> nn.Module:
+    """torchvision EfficientNet-B2 at 112x112."""
+    return _efficientnet("efficientnet_b2", 112, num_classes, in_chans, drop_rate)

@@ -59,7 +59,11 @@ def cached(path: Path, options: str, build: Callable[[], FerDataset]) -> FerData
         if ds.soft_labels is not None:
             arrays["soft_labels"] = ds.soft_labels
         with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as tmp:
-            np.savez(tmp, **arrays)
+            try:
+                np.savez(tmp, **arrays)
+            except BaseException:
+                Path(tmp.name).unlink(missing_ok=True)
+                raise
         os.replace(tmp.name, file)
     except OSError:
         pass  # an unwritable cache only costs speed

@@ -54,7 +54,7 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
     header, lines = _split_lines(path, data)
     if "pixels" not in header:
         raise FerkitError(
-            f"{path}: no 'pixels' column (columns: {', '.join(header)}); "
+            f"{path}: no 'pixels' column (columns: {', '.join(header)[:80]}); "
             "expected FER2013 columns emotion,pixels,Usage"
         )
     col = {name: header.index(name) for name in ("emotion", "pixels", "usage") if name in header}
@@ -67,6 +67,7 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
     labels: list[int] = []
     splits: list[str] = []
     rows: list[int] = []
+    linenos: list[int] = []
     bad: list[str] = []
 
     def reject(lineno: int, why: str) -> None:
@@ -75,11 +76,12 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
             raise FerkitError(msg)
         bad.append(msg)
 
-    for row, line in enumerate(lines):
-        lineno = row + 2
+    row = -1  # data-row number in the file (blank lines don't count), the FER+ row it pairs with
+    for lineno, line in enumerate(lines, start=2):
         line = line.rstrip(b"\r")
         if not line.strip():
             continue
+        row += 1
         fields = [f.strip().strip(b'"') for f in line.split(b",")]
         if len(fields) != ncols:
             reject(lineno, f"expected {ncols} fields ({','.join(header)}), found {len(fields)}")
@@ -101,10 +103,11 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
         labels.append(label)
         splits.append(split)
         rows.append(row)
+        linenos.append(lineno)
 
     images, ok = _parse_pixels(pixel_fields)
     for i in np.flatnonzero(~ok):
-        reject(rows[i] + 2, _pixel_problem(pixel_fields[i]))
+        reject(linenos[i], _pixel_problem(pixel_fields[i]))
     if not ok.all():
         keep = np.flatnonzero(ok)
         images = images[keep]

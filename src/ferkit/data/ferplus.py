@@ -36,7 +36,9 @@ def read_votes(path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             votes[i] = [int(v) for v in fields[2:]]
         except ValueError:
-            raise FerkitError(f"{path}: line {i + 2}: votes must be integers: {line[:80]!r}") from None
+            raise FerkitError(
+                f"{path}: line {i + 2}: votes must be integers: {line[:80].decode('utf-8', 'replace')!r}"
+            ) from None
         usage.append(fields[0].strip())
     return votes, np.asarray(usage)
 

@@ -1,0 +1,235 @@
+"""The real `ferkit train` on a slice of the real data: fast dev runs, resume, DDP, W&B, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ferkit.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--epochs", "1", "--batch_size", "32", "--limit_batches", "3", "--wandb", "disabled", "--no-progress"]
+
+
+def metrics_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train(run_ferkit, data: Path, out: Path, *args: str, cwd: Path | None = None, **kw):
+    return run_ferkit(
+        "train", "--data", data, "--output_dir", out, "--save_best_to", "", *args, cwd=cwd, **kw
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0], proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_fast_dev_run_writes_run_folder(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = train(run_ferkit, tiny_real_csv, out, *FAST, "--epochs", "2", "--batch-size", "16")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("config.yaml", "metrics.csv", "last.pth", "best.pth", "summary.json"):
+        assert (out / name).is_file(), name
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["batch_size"] == 16 and saved["epochs"] == 2 and saved["model"] == "cnn"
+    rows = metrics_rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "time"} <= set(rows[0])
+    ckpt = load_checkpoint(out / "last.pth")
+    assert ckpt["arch"] == "cnn" and ckpt["epoch"] == 2 and ckpt["config"]["batch_size"] == 16
+    assert ckpt["class_names"][6] == "Neutral" and ckpt["input_size"] == [1, 48, 48]
+    assert {"optimizer", "plateau"} <= set(ckpt) and "optimizer" not in load_checkpoint(out / "best.pth")
+    assert not (out / "wandb").exists()
+
+
+def test_seed_commands_work_as_written(tiny_real_csv: Path, tmp_path: Path) -> None:
+    """`python src/train.py --model cnn ...`, then `python src/evaluate.py --model_path ...` as written."""
+    env = dict(os.environ, FERKIT_DATA=str(tiny_real_csv), WANDB_MODE="disabled")
+    train_cmd = [
+        sys.executable,
+        str(REPO / "src/train.py"),
+        "--model",
+        "cnn",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "64",
+        "--lr",
+        "0.001",
+        "--limit_batches",
+        "2",
+        "--no-progress",
+    ]
+    proc = subprocess.run(train_cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "models/best_model.pth").is_file()
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # default run folder runs/<time>-cnn
+    eval_cmd = [sys.executable, str(REPO / "src/evaluate.py"), "--model_path", "models/best_model.pth"]
+    proc = subprocess.run(eval_cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "on PrivateTest: 140 images" in proc.stdout and "accuracy" in proc.stdout
+
+
+def test_yaml_config_then_flags(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("optimizer: sgd\nlr: 0.05\nbatch_size: 8\nscheduler: step\nlabel_smoothing: 0.1\n")
+    out = tmp_path / "run"
+    proc = train(run_ferkit, tiny_real_csv, out, "--config", cfg, *FAST, "--lr", "0.02")
+    assert proc.returncode == 0, proc.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["optimizer"], saved["lr"], saved["batch_size"], saved["scheduler"]) == (
+        "sgd",
+        0.02,
+        32,
+        "step",
+    )
+    assert saved["label_smoothing"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--model", "nope"], ["unknown model 'nope'", "resnet18"]),
+        (["--optimizer", "rmsprop"], ["--optimizer", "rmsprop"]),
+        (["--lr", "-1"], ["'lr'", "below"]),
+        (["--epochs", "two"], ["--epochs"]),
+        (["--resume"], ["no checkpoint"]),
+        (["--precision", "fp16", "--device", "cpu"], ["fp16"]),
+    ],
+)
+def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Path, args, needles) -> None:
+    one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "run", *FAST, *args), *needles)
+
+
+def test_bad_yaml_and_data_without_publictest(
+    run_ferkit, tiny_real_csv: Path, make_fer_csv, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lrr: 0.1\n")
+    one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "a", "--config", cfg), "c.yaml", "lrr")
+    only_train = make_fer_csv(tmp_path / "train.csv", columns=("emotion", "pixels")).path
+    one_line_error(train(run_ferkit, only_train, tmp_path / "b", *FAST), "PublicTest")
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(
+    run_ferkit, tiny_real_csv: Path, tmp_path: Path
+) -> None:
+    args = [
+        "--epochs",
+        "3",
+        "--batch_size",
+        "32",
+        "--limit_batches",
+        "6",
+        "--precision",
+        "fp32",
+        "--wandb",
+        "disabled",
+        "--no-progress",
+    ]
+    ref = tmp_path / "ref"
+    assert train(run_ferkit, tiny_real_csv, ref, *args).returncode == 0
+
+    out = tmp_path / "killed"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ferkit",
+        "train",
+        "--data",
+        str(tiny_real_csv),
+        "--output_dir",
+        str(out),
+        "--save_best_to",
+        "",
+        *args,
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(out / "last.pth")["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed"
+
+    assert train(run_ferkit, tiny_real_csv, out, *args, "--resume").returncode == 0
+    rows, ref_rows = metrics_rows(out), metrics_rows(ref)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    for got, want in zip(rows, ref_rows, strict=True):
+        assert got["val_acc"] == want["val_acc"] and got["train_loss"] == want["train_loss"]
+    a, b = load_checkpoint(out / "last.pth")["model"], load_checkpoint(ref / "last.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a finished run resumed again does nothing more, and a fresh run refuses to overwrite it
+    assert train(run_ferkit, tiny_real_csv, out, *args, "--resume").returncode == 0
+    assert len(metrics_rows(out)) == 3
+    one_line_error(train(run_ferkit, tiny_real_csv, out, *args), "--resume")
+
+
+def test_resume_with_another_architecture_is_refused(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert train(run_ferkit, tiny_real_csv, out, *FAST).returncode == 0
+    one_line_error(train(run_ferkit, tiny_real_csv, out, *FAST, "--model", "vgg", "--resume"), "is a cnn")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(
+    run_ferkit, tiny_real_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = [*FAST, "--epochs", "3", "--scheduler", "step", "--step_size", "1", "--gamma", "1e30"]
+    proc = train(run_ferkit, tiny_real_csv, out, *args)
+    one_line_error(proc, "loss became", "last.pth")
+    assert load_checkpoint(out / "last.pth")["epoch"] == 1
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
+)
+def test_ddp_two_gloo_processes(tiny_real_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "ferkit",
+        "train",
+        "--data",
+        str(tiny_real_csv),
+        "--output_dir",
+        str(out),
+        "--save_best_to",
+        "",
+        *FAST,
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 prints and writes
+    assert [r["epoch"] for r in metrics_rows(out)] == ["1", "2"]
+    assert load_checkpoint(out / "last.pth")["epoch"] == 2

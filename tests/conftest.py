@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,30 @@ def run_ferkit() -> Callable[..., subprocess.CompletedProcess]:
         )
 
     return run
+
+
+@pytest.fixture
+def inspect_wandb() -> Callable[[Path], dict[str, list[dict]]]:
+    """Factory: what the only offline W&B run under an output folder REALLY logged, by record type.
+
+    Reads `wandb leet inspect --json <run dir>` (one JSON record per line, each with a `type`) and returns
+    e.g. `{"run": [...], "history": [...], "artifact": [...], "summary": [...], "exit": [...]}`.
+    """
+
+    def inspect(output_dir: Path) -> dict[str, list[dict]]:
+        (run_dir,) = (output_dir / "wandb").glob("offline-run-*")
+        wandb_bin = Path(sys.executable).parent / "wandb"
+        out = subprocess.run(
+            [str(wandb_bin), "leet", "inspect", "--json", str(run_dir)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        grouped: dict[str, list[dict]] = {}
+        for line in out.splitlines():
+            rec = json.loads(line)
+            grouped.setdefault(rec["type"], []).append(rec.get(rec["type"], rec))
+        return grouped
+
+    return inspect

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -37,23 +36,6 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         return list(reader.fieldnames or []), list(reader)
-
-
-def inspect_run(output_dir: Path) -> list[dict[str, Any]]:
-    """The records of the (only) offline run in ``output_dir``, as `wandb leet inspect --json` prints them."""
-    (run_dir,) = (output_dir / "wandb").glob("offline-run-*")
-    out = subprocess.run(
-        [str(WANDB_BIN), "leet", "inspect", "--json", str(run_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines()]
-
-
-def records(recs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [r[kind] for r in recs if r["type"] == kind]
 
 
 def test_invalid_mode_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,7 +108,7 @@ def test_resume_drops_later_epochs(tmp_path: Path) -> None:
     assert [r["val_acc"] for r in rows] == ["0.1", "0.2", "0.03", "0.04", "0.05"]
 
 
-def test_offline_end_to_end(tmp_path: Path, home: Path) -> None:
+def test_offline_end_to_end(tmp_path: Path, home: Path, inspect_wandb) -> None:
     out = tmp_path / "run"
     checkpoint = tmp_path / "best.pt"
     checkpoint.write_bytes(b"weights" * 100)
@@ -144,13 +126,13 @@ def test_offline_end_to_end(tmp_path: Path, home: Path) -> None:
         assert Path(os.environ["WANDB_DATA_DIR"]).is_relative_to(out)
     assert "WANDB_DATA_DIR" not in os.environ  # restored by finish()
 
-    recs = inspect_run(out)
-    (run,) = records(recs, "run")
+    recs = inspect_wandb(out)
+    (run,) = recs.get("run", [])
     assert run["project"] == "facial-expression-recognition" and run["tags"] == ["test", "fer"]
     assert config.items() <= run["config"]["update"].items()
     assert run["run_id"] == (out / "wandb_run_id.txt").read_text().strip()
 
-    history = records(recs, "history")
+    history = recs.get("history", [])
     epochs = [h["item"] for h in history if "train_loss" in h["item"]]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert {"val_acc", "lr"} <= epochs[0].keys()
@@ -158,17 +140,17 @@ def test_offline_end_to_end(tmp_path: Path, home: Path) -> None:
     assert tables["confusion_matrix_table"]["confusion_matrix_table._type"] == "table-file"
     assert tables["val_predictions"]["val_predictions.nrows"] == 4
     assert tables["val_predictions"]["val_predictions.ncols"] == 3 + len(CLASS_NAMES)
-    config_updates = {k: v for c in records(recs, "config") for k, v in c["update"].items()}
+    config_updates = {k: v for c in recs.get("config", []) for k, v in c["update"].items()}
     assert config_updates["input_model"] == str(checkpoint)
     assert "_wandb.visualize.confusion_matrix" in config_updates  # the chart, not just its table
-    assert {"test_acc": 0.55} in [s["update"] for s in records(recs, "summary")]
+    assert {"test_acc": 0.55} in [s["update"] for s in recs.get("summary", [])]
 
-    (model,) = [a for a in records(recs, "artifact") if a["type"] == "model"]
+    (model,) = [a for a in recs.get("artifact", []) if a["type"] == "model"]
     assert model["name"] == "model-e2e" and set(model["aliases"]) == {"best", "latest"}
     assert json.loads(model["metadata"]) == {"val_acc": 0.6}
-    staged = [e["local_path"] for a in records(recs, "artifact") for e in a["manifest"]["contents"]]
+    staged = [e["local_path"] for a in recs.get("artifact", []) for e in a["manifest"]["contents"]]
     assert staged and all(Path(p).is_relative_to(out / "wandb") for p in staged)
-    assert records(recs, "exit") == [{"exit_code": 0}]
+    assert recs.get("exit", []) == [{"exit_code": 0}]
     assert not list(home.rglob("*")), "W&B wrote to $HOME"
 
 
@@ -187,7 +169,7 @@ def test_offline_resume_keeps_run_id(tmp_path: Path) -> None:
 
 
 def test_wandb_failures_fall_back_to_csv(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], inspect_wandb
 ) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("network unreachable\nsecond line")
@@ -214,7 +196,7 @@ def test_wandb_failures_fall_back_to_csv(
         "continuing with CSV/JSON only"
     ]
     assert len(read_csv(tmp_path / "log" / "metrics.csv")[1]) == 2
-    assert records(inspect_run(tmp_path / "log"), "exit") == [{"exit_code": 1}]  # closed as failed
+    assert inspect_wandb(tmp_path / "log")["exit"] == [{"exit_code": 1}]  # closed as failed
 
 
 @pytest.mark.parametrize("key", ["", "x" * 40])

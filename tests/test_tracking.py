@@ -150,7 +150,7 @@ def test_offline_end_to_end(tmp_path: Path, home: Path, inspect_wandb) -> None:
     assert json.loads(model["metadata"]) == {"val_acc": 0.6}
     staged = [e["local_path"] for a in recs.get("artifact", []) for e in a["manifest"]["contents"]]
     assert staged and all(Path(p).is_relative_to(out / "wandb") for p in staged)
-    assert recs.get("exit", []) == [{"exit_code": 0}]
+    assert [e["exit_code"] for e in recs["exit"]] == [0]
     assert not list(home.rglob("*")), "W&B wrote to $HOME"
 
 
@@ -196,7 +196,7 @@ def test_wandb_failures_fall_back_to_csv(
         "continuing with CSV/JSON only"
     ]
     assert len(read_csv(tmp_path / "log" / "metrics.csv")[1]) == 2
-    assert inspect_wandb(tmp_path / "log")["exit"] == [{"exit_code": 1}]  # closed as failed
+    assert [e["exit_code"] for e in inspect_wandb(tmp_path / "log")["exit"]] == [1]  # closed as failed
 
 
 @pytest.mark.parametrize("key", ["", "x" * 40])

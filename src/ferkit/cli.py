@@ -115,12 +115,43 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ferkit.checkpoint import load_checkpoint
-    from ferkit.evaluate import evaluate_checkpoint, format_report
+    from ferkit.evaluate import evaluate_model
 
-    ckpt = load_checkpoint(args.model_path)
-    ds = load_from_args(args)
-    report = evaluate_checkpoint(args.model_path, ckpt, ds, args.split, args.batch_size, args.device)
+    report, data, probs = evaluate_model(
+        args.model_path, load_from_args(args), args.split, args.tta, args.batch_size, args.device
+    )
+    return publish_report(args, report, data, probs)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from ferkit.evaluate import evaluate_ensemble
+
+    report, data, probs = evaluate_ensemble(
+        args.model_paths,
+        load_from_args(args),
+        args.split,
+        args.weights,
+        args.tta,
+        args.batch_size,
+        args.device,
+        args.save,
+    )
+    return publish_report(args, report, data, probs)
+
+
+def publish_report(args: argparse.Namespace, report: dict, data, probs) -> int:
+    """Write the requested outputs, then print the report as text or JSON."""
+    from ferkit.evaluate import format_report, publish
+
+    publish(
+        report,
+        data,
+        probs,
+        predictions=args.predictions,
+        report_dir=args.report,
+        wandb=args.wandb,
+        output_dir=args.output_dir,
+    )
     print(json.dumps(report, indent=2) if args.format == "json" else format_report(report))
     return 0
 
@@ -133,15 +164,53 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=cmd_train)
 
 
+def add_evaluation_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by `evaluate` and `ensemble`."""
+    add_data_args(p)
+    p.add_argument("--split", default="PrivateTest", help="Training, PublicTest, PrivateTest, test or all")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.add_argument("--predictions", help="CSV of per-image predictions (index, true, pred, probabilities)")
+    p.add_argument(
+        "--report", help="folder for the report: confusion matrix, per-class, reliability, mistakes"
+    )
+    p.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"], default="auto")
+    p.add_argument(
+        "--output_dir",
+        "--output-dir",
+        help="folder for the W&B evaluate run (default: --report or runs/<time>-evaluate)",
+    )
+
+
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    ev = sub.add_parser("evaluate", help="accuracy, per-class metrics and confusion matrix of a checkpoint")
-    ev.add_argument("--model_path", "--model-path", default="models/best_model.pth", help="checkpoint (.pth)")
-    add_data_args(ev)
-    ev.add_argument("--split", default="PrivateTest", help="Training, PublicTest, PrivateTest or all")
-    ev.add_argument("--batch_size", "--batch-size", type=int, default=512)
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--format", choices=["text", "json"], default="text")
+    ev = sub.add_parser(
+        "evaluate", help="accuracy, per-class metrics, confusion matrix of a checkpoint or ensemble"
+    )
+    ev.add_argument(
+        "--model_path", "--model-path", default="models/best_model.pth", help="checkpoint or ensemble .json"
+    )
+    ev.add_argument(
+        "--tta",
+        choices=["none", "flip", "tencrop"],
+        default=None,
+        help="test-time augmentation (default none; an ensemble spec's own)",
+    )
+    add_evaluation_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    en = sub.add_parser("ensemble", help="soft-voting ensemble of checkpoints, each member reported too")
+    en.add_argument("--model_paths", "--model-paths", nargs="+", required=True, help="checkpoints (.pth)")
+    en.add_argument(
+        "--weights",
+        choices=["uniform", "fit"],
+        default="uniform",
+        help="member weights: uniform, or fitted on PublicTest (never PrivateTest)",
+    )
+    en.add_argument("--tta", choices=["none", "flip", "tencrop"], default="none")
+    en.add_argument("--save", help="write the ensemble spec (.json) for evaluate/predict/export")
+    add_evaluation_args(en)
+    en.set_defaults(func=cmd_ensemble)
 
 
 def build_parser() -> Parser:

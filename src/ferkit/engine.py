@@ -25,7 +25,7 @@ from ferkit.checkpoint import atomic_save, load_checkpoint, model_payload
 from ferkit.classes import CLASS_NAMES
 from ferkit.config import TrainConfig
 from ferkit.data import class_weights, load_dataset
-from ferkit.data.transforms import BatchTransform, mix_batch
+from ferkit.data.transforms import BatchTransform, mix_batch, to_float, tta_views
 from ferkit.errors import FerkitError
 from ferkit.metrics import classification_report
 from ferkit.models import backbone_and_head, create_model
@@ -191,14 +191,16 @@ def predict_probs(
     batch_size: int,
     dtype: torch.dtype | None = None,
     limit: int = 0,
+    tta: str = "none",
 ) -> torch.Tensor:
-    """Softmax probabilities (float32, CPU) for uint8 faces, in order."""
+    """Softmax probabilities (float32, CPU) for uint8 faces, in order; TTA views averaged."""
     model.eval()
     out = []
     for idx in batches(len(images), batch_size, None, limit=limit):
-        x = transform(images[idx.to(images.device)])
+        views = tta_views(to_float(images[idx.to(images.device)]), tta)
         with autocast(images.device, dtype):
-            out.append(model(x).float().softmax(1).cpu())
+            probs = sum(model(transform.prepare(v)).float().softmax(1) for v in views)
+        out.append((probs / len(views)).cpu())
     return torch.cat(out)
 
 

@@ -1,63 +1,219 @@
-"""Evaluate a checkpoint on a split: accuracy, macro-F1, per-class metrics, confusion matrix."""
+"""`ferkit evaluate` and `ferkit ensemble`: exact metrics of a checkpoint or ensemble on one split."""
 
 from __future__ import annotations
 
+import csv
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from ferkit.checkpoint import model_from_checkpoint
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
-from ferkit.data.transforms import BatchTransform
-from ferkit.engine import autocast_dtype, predict_probs, select_device
+from ferkit.engine import select_device
 from ferkit.errors import FerkitError
+from ferkit.inference import (
+    CheckpointModel,
+    Ensemble,
+    combine,
+    fit_weights,
+    load_predictor,
+    save_ensemble_spec,
+)
 from ferkit.metrics import classification_report
 
 
-def evaluate_checkpoint(
-    model_path: str,
-    ckpt: dict[str, Any],
-    ds: FerDataset,
-    split: str,
-    batch_size: int = 512,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """Metrics of the checkpoint `ckpt` (read from `model_path`) on the labelled rows of `split`."""
-    if list(ckpt["class_names"]) != list(CLASS_NAMES):
-        raise FerkitError(
-            f"{model_path}: model classes {ckpt['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
-        )
+def check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
         raise FerkitError(f"--batch_size {batch_size}: must be at least 1")
+
+
+def evaluate_model(
+    model_path: str,
+    ds: FerDataset,
+    split: str,
+    tta: str | None = None,
+    batch_size: int = 512,
+    device: str = "auto",
+) -> tuple[dict[str, Any], FerDataset, np.ndarray]:
+    """Report, faces and probabilities of a checkpoint or ensemble spec on the labelled rows of `split`.
+
+    `tta` None means the spec's default (none for a checkpoint).
+    """
+    check_batch_size(batch_size)
+    predictor, default_tta = load_predictor(model_path, device)
+    tta = tta or default_tta
     data = ds.split(split, labelled_only=True)
+    probs = predictor.predict(data.images, tta, batch_size)
+    report = {"model_path": str(model_path), "split": split, "tta": tta}
+    return report | classification_report(data.labels, probs, CLASS_NAMES), data, probs
+
+
+def evaluate_ensemble(
+    model_paths: list[str],
+    ds: FerDataset,
+    split: str,
+    weights: str = "uniform",
+    tta: str = "none",
+    batch_size: int = 512,
+    device: str = "auto",
+    save: str | None = None,
+) -> tuple[dict[str, Any], FerDataset, np.ndarray]:
+    """Soft voting over checkpoints; weights uniform or fitted on PublicTest; each member reported too."""
+    check_batch_size(batch_size)
+    if not model_paths:
+        raise FerkitError("an ensemble needs at least one --model_paths checkpoint")
     dev = select_device(device)
-    model = model_from_checkpoint(ckpt, model_path).to(dev)
-    tf = BatchTransform(tuple(ckpt["input_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
-    probs = predict_probs(
-        model, torch.from_numpy(data.images).to(dev), tf, batch_size, autocast_dtype("fp32", dev)
-    )
-    report = classification_report(data.labels, probs.numpy(), CLASS_NAMES)
-    return {"model_path": str(model_path), "arch": ckpt["arch"], "split": split, **report}
+    ens = Ensemble([CheckpointModel.load(p, dev) for p in model_paths], np.ones(len(model_paths)))
+    fitted = ensemble_weights(ens, ds, weights, tta, batch_size)
+    ens.weights = fitted / fitted.sum()
+    data = ds.split(split, labelled_only=True)
+    member_probs = ens.predict_members(data.images, tta, batch_size)
+    probs = combine(member_probs, ens.weights)
+    members = member_reports(ens.members, member_probs, data.labels)
+    for member, w in zip(members, ens.weights, strict=True):
+        member["weight"] = float(w)
+    report = {"model_path": "ensemble of " + ", ".join(map(str, model_paths)), "split": split, "tta": tta}
+    report |= {
+        "weights": weights,
+        **classification_report(data.labels, probs, CLASS_NAMES),
+        "members": members,
+    }
+    if save:
+        origin = "PublicTest" if weights == "fit" else "uniform"
+        save_ensemble_spec(Path(save), list(map(str, model_paths)), ens.weights, tta, origin)
+        report["saved"] = str(save)
+    return report, data, probs
+
+
+def write_predictions(path: Path, data: FerDataset, probs: np.ndarray) -> None:
+    """One row per face in source order: index (0-based source row), true, pred, one probability per class."""
+    order = np.argsort(data.indices, kind="stable")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["index", "true", "pred", *CLASS_NAMES])
+        for i in order:
+            writer.writerow(
+                [
+                    int(data.indices[i]),
+                    CLASS_NAMES[data.labels[i]],
+                    CLASS_NAMES[int(probs[i].argmax())],
+                    *(f"{p:.9g}" for p in probs[i]),
+                ]
+            )
+    os.replace(tmp, path)
+
+
+def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, per_class: int = 8) -> np.ndarray:
+    """Row numbers of the most confident wrong predictions, up to `per_class` for each true class."""
+    wrong = np.flatnonzero(probs.argmax(1) != labels)
+    conf = probs[wrong].max(1)
+    picked = []
+    for c in range(len(CLASS_NAMES)):
+        rows = wrong[labels[wrong] == c]
+        picked.extend(rows[np.argsort(-conf[labels[wrong] == c], kind="stable")[:per_class]])
+    return np.asarray(picked, np.int64)
+
+
+def member_reports(
+    members: list[CheckpointModel], member_probs: list[np.ndarray], labels: np.ndarray
+) -> list[dict]:
+    """Accuracy and macro-F1 of each ensemble member on the same faces."""
+    out = []
+    for m, p in zip(members, member_probs, strict=True):
+        r = classification_report(labels, p, CLASS_NAMES)
+        out.append({"path": m.path, "arch": m.arch, "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]})
+    return out
+
+
+def ensemble_weights(ens: Ensemble, ds: FerDataset, mode: str, tta: str, batch_size: int) -> np.ndarray:
+    """uniform, or fitted on PublicTest (never on PrivateTest, whatever split is reported)."""
+    if mode == "uniform":
+        return np.ones(len(ens.members))
+    if mode != "fit":
+        raise FerkitError(f"--weights {mode!r}: expected uniform or fit")
+    public = ds.split("PublicTest", labelled_only=True)
+    return fit_weights(ens.predict_members(public.images, tta, batch_size), public.labels)
 
 
 def format_report(r: dict[str, Any]) -> str:
-    """A human-readable version of `evaluate_checkpoint`'s report."""
+    """A human-readable version of an evaluation report."""
     lines = [
-        f"{r['model_path']} ({r['arch']}) on {r['split']}: {r['num_images']} images",
+        f"{r['model_path']} on {r['split']} (tta: {r['tta']}): {r['num_images']} images",
         f"accuracy {r['accuracy']:.2%}   macro-F1 {r['macro_f1']:.4f}   ECE {r['ece']:.4f}",
-        "",
-        f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}",
     ]
+    for m in r.get("members", []):
+        lines.append(
+            f"  member {m['path']} ({m['arch']}, weight {m['weight']:.3f}): accuracy {m['accuracy']:.2%}"
+        )
+    lines += ["", f"{'class':<10}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>9}"]
     for name, m in r["per_class"].items():
         lines.append(
             f"{name:<10}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}{m['support']:>9}"
         )
-    lines += [
-        "",
-        "confusion matrix (rows: true, columns: predicted)",
-        " " * 10 + "".join(f"{c[:7]:>8}" for c in CLASS_NAMES),
-    ]
+    lines += ["", "confusion matrix (rows: true, columns: predicted)"]
+    lines.append(" " * 10 + "".join(f"{c[:7]:>8}" for c in CLASS_NAMES))
     for name, row in zip(CLASS_NAMES, r["confusion_matrix"], strict=True):
         lines.append(f"{name:<10}" + "".join(f"{n:>8}" for n in row))
     return "\n".join(lines)
+
+
+def publish(
+    report: dict[str, Any],
+    data: FerDataset,
+    probs: np.ndarray,
+    *,
+    predictions: str | None = None,
+    report_dir: str | None = None,
+    wandb: str = "auto",
+    output_dir: str | None = None,
+) -> None:
+    """Write what was asked for: the predictions CSV, the report folder, and the W&B `evaluate` job."""
+    if predictions:
+        write_predictions(Path(predictions), data, probs)
+        report["predictions"] = predictions
+    if report_dir:
+        from ferkit.report import write_report
+
+        title = f"{report['model_path']} on {report['split']} (tta {report['tta']})"
+        summary = write_report(
+            Path(report_dir), report, probs, data.labels, data.images, data.indices, CLASS_NAMES, title
+        )
+        report["report"] = str(summary)
+    if wandb != "disabled":
+        track_evaluation(report, data, probs, wandb, Path(output_dir or report_dir or default_eval_dir()))
+
+
+def default_eval_dir() -> Path:
+    from datetime import datetime
+
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-evaluate"
+
+
+def track_evaluation(
+    report: dict[str, Any], data: FerDataset, probs: np.ndarray, mode: str, out: Path
+) -> None:
+    """A W&B `evaluate` job: the checkpoint as input (lineage), metrics, confusion matrix, mistakes table."""
+    from ferkit.tracking import Tracker
+
+    split = report["split"]
+    config = {k: report[k] for k in ("model_path", "split", "tta")} | {"num_images": report["num_images"]}
+    tracker = Tracker(out, config, mode=mode, job_type="evaluate", tags=["evaluate", split, report["tta"]])
+    for member in report.get("members", [{"path": report["model_path"]}]):
+        tracker.use_model(member["path"])
+    tracker.log_summary(
+        {
+            f"{split}/accuracy": report["accuracy"],
+            f"{split}/macro_f1": report["macro_f1"],
+            f"{split}/ece": report["ece"],
+        }
+    )
+    preds = probs.argmax(1)
+    tracker.log_confusion_matrix(data.labels, preds, CLASS_NAMES, title=f"{split}_confusion_matrix")
+    rows = most_confident_mistakes(probs, data.labels)
+    tracker.log_predictions(data.images[rows], data.labels[rows], probs[rows], CLASS_NAMES, key="mistakes")
+    tracker.finish()

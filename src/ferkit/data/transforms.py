@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ferkit.errors import FerkitError
+
 
 @dataclass(frozen=True)
 class AugmentPreset:
@@ -114,12 +116,41 @@ class BatchTransform:
             x = random_erase(x, self.preset.erase, self.preset.erase_area)
         return self.normalize(x)
 
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Float [0, 1] faces (N, 1, H, W) -> model input, without augmentation."""
+        return self.normalize(resize(x, self.size))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] gray at input size -> the model's channels, mean and std, memory format."""
         if self.channels != x.shape[1]:
             x = x.expand(-1, self.channels, -1, -1)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+
+TTA_MODES = ("none", "flip", "tencrop")
+TENCROP_PAD = 4
+
+
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of a float (N, 1, 48, 48) batch that test-time augmentation averages over.
+
+    none: the faces; flip: the faces and their mirror images; tencrop (the standard FER2013 protocol):
+    each face reflection-padded by TENCROP_PAD pixels and cropped back to its size at the four corners
+    and the centre, each crop and its mirror image.
+    """
+    if tta == "none":
+        return [x]
+    if tta == "flip":
+        return [x, x.flip(-1)]
+    if tta == "tencrop":
+        h, w = x.shape[-2:]
+        p = TENCROP_PAD
+        padded = F.pad(x, (p, p, p, p), mode="reflect")
+        offsets = [(0, 0), (0, 2 * p), (2 * p, 0), (2 * p, 2 * p), (p, p)]
+        crops = [padded[..., t : t + h, s : s + w] for t, s in offsets]
+        return crops + [c.flip(-1) for c in crops]
+    raise FerkitError(f"--tta {tta!r}: expected one of {', '.join(TTA_MODES)}")
 
 
 def mix_batch(

@@ -1,0 +1,137 @@
+"""Predict class probabilities for uint8 faces: one checkpoint or a weighted ensemble, with optional
+test-time augmentation (`ferkit.data.transforms.tta_views`; never mixed with single-crop numbers)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ferkit.checkpoint import load_checkpoint, model_from_checkpoint
+from ferkit.classes import CLASS_NAMES
+from ferkit.data.transforms import BatchTransform
+from ferkit.engine import predict_probs, select_device
+from ferkit.errors import FerkitError
+
+ENSEMBLE_FORMAT = "ferkit-ensemble"
+
+
+@dataclass
+class CheckpointModel:
+    """A model rebuilt from a checkpoint with the preprocessing it was trained with."""
+
+    path: str
+    arch: str
+    model: nn.Module
+    transform: BatchTransform
+    ckpt: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device) -> CheckpointModel:
+        ckpt = load_checkpoint(path)
+        if list(ckpt["class_names"]) != list(CLASS_NAMES):
+            raise FerkitError(
+                f"{path}: model classes {ckpt['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
+            )
+        model = model_from_checkpoint(ckpt, str(path)).to(device)
+        tf = BatchTransform(tuple(ckpt["input_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
+        return cls(str(path), ckpt["arch"], model, tf, ckpt)
+
+    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
+        """Probabilities (N, 7), fp32 inference, in the order of `images` (uint8 N x 48 x 48)."""
+        device = next(self.model.parameters()).device
+        data = torch.from_numpy(images).to(device)
+        return predict_probs(self.model, data, self.transform, batch_size, tta=tta).double().numpy()
+
+
+@dataclass
+class Ensemble:
+    """Soft voting: weighted mean of member probabilities (members may differ in architecture, input size)."""
+
+    members: list[CheckpointModel]
+    weights: np.ndarray
+
+    def predict_members(
+        self, images: np.ndarray, tta: str = "none", batch_size: int = 512
+    ) -> list[np.ndarray]:
+        """Each member's probabilities on the same faces."""
+        return [m.predict(images, tta, batch_size) for m in self.members]
+
+    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
+        return combine(self.predict_members(images, tta, batch_size), self.weights)
+
+
+def combine(member_probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
+    """Weighted mean of probability arrays; weights are normalised to sum to 1."""
+    w = np.asarray(weights, np.float64)
+    return np.tensordot(w / w.sum(), np.stack(member_probs), axes=1)
+
+
+def fit_weights(member_probs: list[np.ndarray], labels: np.ndarray, steps: int = 300) -> np.ndarray:
+    """Member weights (on the simplex) that minimise the NLL of the combined PublicTest probabilities.
+
+    Callers pass PublicTest predictions only: ensemble weights are a choice, and no choice reads PrivateTest.
+    """
+    p = torch.from_numpy(np.stack(member_probs))  # (M, N, C)
+    y = torch.from_numpy(np.asarray(labels, np.int64))
+    logits = torch.zeros(len(member_probs), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(steps):
+        w = logits.softmax(0)
+        mixed = torch.tensordot(w, p, dims=1)
+        loss = F.nll_loss(mixed.clamp_min(1e-12).log(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return logits.softmax(0).detach().numpy()
+
+
+def save_ensemble_spec(
+    path: Path, member_paths: list[str], weights: np.ndarray, tta: str, fitted_on: str
+) -> None:
+    """A JSON spec that `evaluate`, `predict` and `export` accept wherever a checkpoint is."""
+    base = path.resolve().parent
+    members = []
+    for m, w in zip(member_paths, weights, strict=True):
+        p = Path(m).resolve()
+        rel = p.relative_to(base) if p.is_relative_to(base) else p
+        members.append({"path": str(rel), "weight": float(w)})
+    spec = {"format": ENSEMBLE_FORMAT, "members": members, "tta": tta, "weights_fitted_on": fitted_on}
+    path.write_text(json.dumps(spec, indent=2) + "\n")
+
+
+def load_ensemble_spec(path: Path) -> tuple[list[str], np.ndarray, str]:
+    """Member paths (resolved against the spec's folder), weights and default TTA of a saved spec."""
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FerkitError(f"{path}: not a readable ensemble spec ({e.__class__.__name__})") from None
+    if not isinstance(spec, dict) or spec.get("format") != ENSEMBLE_FORMAT:
+        raise FerkitError(f"{path}: not a ferkit ensemble spec (no 'format: {ENSEMBLE_FORMAT}')")
+    members = spec.get("members") or []
+    if not members:
+        raise FerkitError(f"{path}: the ensemble has no members")
+    paths = [str((path.parent / m["path"]).resolve()) for m in members]
+    return paths, np.array([float(m.get("weight", 1.0)) for m in members]), spec.get("tta", "none")
+
+
+def is_ensemble_spec(path: str | Path) -> bool:
+    return str(path).endswith(".json")
+
+
+def load_predictor(path: str | Path, device: str = "auto") -> tuple[CheckpointModel | Ensemble, str]:
+    """A checkpoint (.pth) or an ensemble spec (.json), and its default TTA ('none' for a checkpoint)."""
+    dev = select_device(device)
+    if is_ensemble_spec(path):
+        p = Path(path)
+        if not p.is_file():
+            raise FerkitError(f"{p}: ensemble spec not found")
+        paths, weights, tta = load_ensemble_spec(p)
+        return Ensemble([CheckpointModel.load(m, dev) for m in paths], weights), tta
+    return CheckpointModel.load(path, dev), "none"

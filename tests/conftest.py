@@ -203,3 +203,33 @@ def inspect_wandb() -> Callable[[Path], dict[str, list[dict]]]:
         return grouped
 
     return inspect
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """best.pth of a real (tiny) `ferkit train` run on `tiny_real_csv`: 2 epochs of a few batches."""
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ferkit",
+        "train",
+        "--data",
+        str(tiny_real_csv),
+        "--output_dir",
+        str(out),
+        "--epochs",
+        "2",
+        "--batch_size",
+        "32",
+        "--limit_batches",
+        "4",
+        "--wandb",
+        "disabled",
+        "--save_best_to",
+        "",
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return out / "best.pth"

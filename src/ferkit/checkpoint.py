@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise FerkitError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before refusing
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise FerkitError(
-            f"{p}: refused: the file holds objects other than weights ({first[:120]})"
-        ) from None
+        if "Weights only load failed" in str(e):
+            raise FerkitError(
+                f"{p}: refused: it holds Python objects, not only weights (loading could run code)"
+            ) from None
+        raise FerkitError(f"{p}: not a PyTorch checkpoint ({str(e).splitlines()[0][:80]})") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
         raise FerkitError(
             f"{p}: not a readable PyTorch checkpoint (truncated or corrupt: {e.__class__.__name__})"

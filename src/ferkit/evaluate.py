@@ -108,17 +108,6 @@ def write_predictions(path: Path, data: FerDataset, probs: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, per_class: int = 8) -> np.ndarray:
-    """Row numbers of the most confident wrong predictions, up to `per_class` for each true class."""
-    wrong = np.flatnonzero(probs.argmax(1) != labels)
-    conf = probs[wrong].max(1)
-    picked = []
-    for c in range(len(CLASS_NAMES)):
-        rows = wrong[labels[wrong] == c]
-        picked.extend(rows[np.argsort(-conf[labels[wrong] == c], kind="stable")[:per_class]])
-    return np.asarray(picked, np.int64)
-
-
 def member_reports(
     members: list[CheckpointModel], member_probs: list[np.ndarray], labels: np.ndarray
 ) -> list[dict]:
@@ -198,6 +187,7 @@ def track_evaluation(
     report: dict[str, Any], data: FerDataset, probs: np.ndarray, mode: str, out: Path
 ) -> None:
     """A W&B `evaluate` job: the checkpoint as input (lineage), metrics, confusion matrix, mistakes table."""
+    from ferkit.report import most_confident_mistakes
     from ferkit.tracking import Tracker
 
     split = report["split"]

@@ -27,14 +27,27 @@ def per_class_metrics(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, d
     }
 
 
-def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
-    """ECE: confidence-vs-accuracy gap averaged over equal-width confidence bins, weighted by count."""
+def calibration_bins(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> dict[str, np.ndarray]:
+    """Count, mean confidence and accuracy per equal-width confidence bin (NaN in empty bins)."""
     conf = probs.max(1)
     correct = probs.argmax(1) == y_true
     which = np.minimum((conf * bins).astype(np.int64), bins - 1)
     count = np.bincount(which, minlength=bins)
-    gap = np.abs(np.bincount(which, conf, bins) - np.bincount(which, correct, bins))
-    return float(gap.sum() / max(count.sum(), 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "edges": np.linspace(0.0, 1.0, bins + 1),
+            "count": count,
+            "confidence": np.bincount(which, conf, bins) / count,
+            "accuracy": np.bincount(which, correct, bins) / count,
+        }
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """ECE: confidence-vs-accuracy gap averaged over equal-width confidence bins, weighted by count."""
+    b = calibration_bins(probs, y_true, bins)
+    used = b["count"] > 0
+    gap = np.abs(b["confidence"][used] - b["accuracy"][used]) * b["count"][used]
+    return float(gap.sum() / max(b["count"].sum(), 1))
 
 
 def classification_report(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str]) -> dict:

@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 
 from ferkit.errors import FerkitError
-
-CALIBRATION_BINS = 15  # as ferkit.metrics.expected_calibration_error
+from ferkit.metrics import calibration_bins
 
 
 def pyplot() -> Any:
@@ -48,21 +47,6 @@ def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, per_class: in
     order = np.argsort(-probs.max(1), kind="stable")
     wrong = order[probs.argmax(1)[order] != labels[order]]
     return np.concatenate([wrong[labels[wrong] == c][:per_class] for c in range(probs.shape[1])])
-
-
-def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> dict[str, Any]:
-    """Count, mean confidence and accuracy per equal-width confidence bin (NaN in empty bins)."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == labels
-    which = np.minimum((conf * bins).astype(np.int64), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return {
-            "edges": np.linspace(0.0, 1.0, bins + 1),
-            "count": count,
-            "confidence": np.bincount(which, conf, bins) / count,
-            "accuracy": np.bincount(which, correct, bins) / count,
-        }
 
 
 def plot_confusion_matrix(report: dict, class_names: Sequence[str], title: str, out: Path) -> Path:
@@ -142,7 +126,7 @@ def plot_reliability(report: dict, probs: np.ndarray, labels: np.ndarray, title:
     """Accuracy against confidence per bin with the diagonal; image counts per bin underneath."""
     plt = pyplot()
     b = calibration_bins(probs, labels)
-    edges, width = b["edges"], 1.0 / CALIBRATION_BINS
+    edges, width = b["edges"], 1.0 / len(b["count"])
     centers = edges[:-1] + width / 2
     seen = b["count"] > 0
     fig, (ax, hist) = plt.subplots(
@@ -165,7 +149,7 @@ def plot_reliability(report: dict, probs: np.ndarray, labels: np.ndarray, title:
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy in bin")
     ax.legend(loc="upper left", fontsize=9, frameon=False)
-    heading(fig, title, f"Reliability: ECE {report['ece']:.4f} ({CALIBRATION_BINS} confidence bins)")
+    heading(fig, title, f"Reliability: ECE {report['ece']:.4f} ({len(b['count'])} confidence bins)")
     hist.bar(centers, b["count"], width, color="0.55", edgecolor="white")
     hist.set_xlabel("confidence (highest predicted probability)")
     hist.set_ylabel("images")
@@ -229,7 +213,7 @@ def summary_markdown(report: dict, class_names: Sequence[str], title: str) -> st
         f"- images: {report['num_images']}",
         f"- accuracy: {report['accuracy']:.2%}",
         f"- macro-F1: {report['macro_f1']:.4f}",
-        f"- ECE: {report['ece']:.4f} ({CALIBRATION_BINS} confidence bins)",
+        f"- ECE: {report['ece']:.4f} (equal-width confidence bins)",
         "",
         "## Per class",
         "",

@@ -156,6 +156,24 @@ def publish_report(args: argparse.Namespace, report: dict, data, probs) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from ferkit.compare import compare_runs, format_table, plot_curves, private_accuracy
+
+    runs = [Path(d) for d in args.run_dirs]
+    rows = compare_runs(runs)  # checks every folder before any evaluation
+    if not args.no_private:
+        ds = load_from_args(args)
+        private = {str(r): private_accuracy(r, ds, args.device) for r in runs}
+        rows = compare_runs(runs, private)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+    if args.plot:
+        print(f"validation curves: {plot_curves(runs, Path(args.plot))}", file=sys.stderr)
+    return 0
+
+
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
     from ferkit.config import add_config_arguments
 
@@ -243,6 +261,19 @@ def build_parser() -> Parser:
     models.set_defaults(func=cmd_models)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    cmp = sub.add_parser("compare", help="table and validation curves of several run folders")
+    cmp.add_argument("run_dirs", nargs="+", help="run folders written by `ferkit train --output_dir`")
+    add_data_args(cmp)
+    cmp.add_argument("--plot", default="curves.png", help="PNG of the validation curves ('' to skip)")
+    cmp.add_argument(
+        "--no-private",
+        "--no_private",
+        action="store_true",
+        help="skip the PrivateTest column (it is reported, never used to choose)",
+    )
+    cmp.add_argument("--device", default="auto")
+    cmp.add_argument("--format", choices=["text", "json"], default="text")
+    cmp.set_defaults(func=cmd_compare)
     return parser
 
 

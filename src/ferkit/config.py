@@ -30,6 +30,9 @@ class TrainConfig:
     """Every option of `ferkit train`; the resolved instance is saved with each run and checkpoint."""
 
     model: str = option("cnn", "architecture (see `ferkit models`)")
+    width: int = option(
+        0, "cnn only: channels of the first stage, doubled at each (0: the default, 32)", minimum=0
+    )
     pretrained: str = option(
         "", "'imagenet' for ImageNet weights, or a local weights file; empty: from scratch"
     )
@@ -60,6 +63,9 @@ class TrainConfig:
     cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     freeze_epochs: int = option(0, "train only the head for this many epochs (fine-tuning)", minimum=0)
     backbone_lr_scale: float = option(0.1, "backbone LR factor after unfreezing (fine-tuning)", minimum=0.0)
+    time_budget: float = option(
+        0.0, "wall-time budget in minutes: stop when spent, LR schedule spread over it (0: off)", minimum=0.0
+    )
     early_stopping: int = option(0, "stop after this many epochs without val improvement (0: off)", minimum=0)
     seed: int = option(42, "random seed")
     limit_batches: int = option(

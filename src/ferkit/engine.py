@@ -126,8 +126,10 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     rank: int = 0,
     world: int = 1,
+    deadline: float | None = None,
 ) -> dict[str, float]:
-    """One pass over the training images; returns mean loss, accuracy, images/s."""
+    """One pass over the training images (cut short at `deadline`, a perf_counter time); returns mean loss,
+    accuracy, images/s."""
     model.train()
     device = images.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -146,6 +148,8 @@ def train_one_epoch(
         dynamic_ncols=True,
     )
     for step, idx in enumerate(batches(len(images), cfg.batch_size, gen, rank, world, cfg.limit_batches)):
+        if deadline is not None and time.perf_counter() >= deadline:
+            break
         set_lr(epoch - 1 + step / steps)
         idx = idx.to(device)
         x = transform(images[idx])
@@ -176,6 +180,7 @@ def train_one_epoch(
     if world > 1:
         dist.all_reduce(stats)
     elapsed = time.perf_counter() - start
+    stats[2].clamp_(min=1)  # a run whose time budget ran out before the first batch
     return {
         "loss": stats[0].item() / stats[2].item(),
         "acc": stats[1].item() / stats[2].item(),
@@ -275,6 +280,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     rank, world = init_distributed(cfg.device)
     device = select_device(cfg.device)
     dtype = autocast_dtype(cfg.precision, device)
+    if cfg.time_budget and world > 1:
+        raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
     if cfg.resume and not cfg.output_dir:
         raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
     out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
@@ -302,7 +309,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
 
     # model, transforms, loss, optimizer
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, drop_rate=cfg.drop_rate, pretrained=cfg.pretrained or False).to(device)
+    arch_kwargs = {"width": cfg.width} if cfg.width else {}
+    model = create_model(
+        cfg.model, drop_rate=cfg.drop_rate, pretrained=cfg.pretrained or False, **arch_kwargs
+    )
+    model = model.to(device)
     # channels-last pays off with bf16/fp16 or on CUDA; fp32 convolutions on the CPU are slower with it
     channels_last = cfg.channels_last and (dtype is not None or device.type == "cuda")
     memory = torch.channels_last if channels_last else torch.contiguous_format
@@ -314,11 +325,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     loss_weight = None if cfg.class_weights == "none" else torch.from_numpy(weights).to(device)
     optimizer = build_optimizer(model, cfg)
     plateau = Plateau(cfg.plateau_patience, cfg.gamma)
-    set_lr = lr_setter(optimizer, cfg, plateau)
+    set_epoch_lr = lr_setter(optimizer, cfg, plateau)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
     # resume
-    start_epoch, best_acc, best_epoch = 1, -1.0, 0
+    start_epoch, best_acc, best_epoch, stale, elapsed = 1, -1.0, 0, 0, 0.0
     if cfg.resume:
         ckpt = load_checkpoint(out / "last.pth") if (out / "last.pth").exists() else None
         if ckpt is None:
@@ -332,6 +343,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
+        stale, elapsed = ckpt["stale"], ckpt["elapsed"]
     elif rank == 0 and (out / "last.pth").exists():
         raise FerkitError(
             f"{out} already holds a run (last.pth): pass --resume to continue it, or another --output_dir"
@@ -369,6 +381,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             "epoch": epoch,
             "best_acc": best_acc,
             "best_epoch": best_epoch,
+            "stale": stale,
+            "elapsed": spent(),
         }
         if resumable:
             ckpt |= {
@@ -384,13 +398,28 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             f"{world} process{'es' if world > 1 else ''}), validating on {len(val)} PublicTest; "
             f"run folder {out}"
         )
-    stale = 0
+    # wall-time budget: training stops when it is spent, and the LR schedule follows whichever of
+    # the budget and --epochs runs out first
+    run_start = time.perf_counter()
+    budget = cfg.time_budget * 60
+
+    def spent() -> float:
+        return elapsed + time.perf_counter() - run_start
+
+    def set_lr(progress: float) -> float:
+        if budget:
+            progress = max(progress, spent() / budget * cfg.epochs)
+        return set_epoch_lr(progress)
+
+    deadline = run_start + budget - elapsed if budget else None
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
-            torch.manual_seed(
-                cfg.seed * 1000 + epoch * 10 + rank
-            )  # resumable: each epoch's randomness is fixed
+            if budget and spent() >= budget:
+                epoch -= 1
+                break
+            # each epoch's randomness is fixed by (seed, epoch): a resumed run repeats the uninterrupted one
+            torch.manual_seed(cfg.seed * 1000 + epoch * 10 + rank)
             t0 = time.perf_counter()
             tr = train_one_epoch(
                 model,
@@ -407,6 +436,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 scaler,
                 rank,
                 world,
+                deadline,
             )
             va = evaluate(
                 unwrap(model), val_images, val_labels, eval_tf, cfg.eval_batch_size, dtype, cfg.limit_batches

@@ -1,0 +1,189 @@
+"""Accuracy benchmark: train a recipe, evaluate single-crop and TTA, append a row to bench/results.csv.
+
+    python bench/accuracy.py RECIPE [--budget_minutes N] [--output_dir DIR] [--resume]
+    python bench/accuracy.py --ensemble NAME RUN_DIR RUN_DIR ... [--weights fit]
+    python bench/accuracy.py --table [--update-readme]
+
+RECIPE is a file in configs/ (without .yaml). The run trains on Training, chooses its checkpoint on
+PublicTest, and reports PublicTest and PrivateTest accuracy with no TTA, flip and ten-crop TTA. An
+ensemble row soft-votes the best checkpoints of run folders (weights uniform, or fitted on PublicTest).
+PrivateTest is only reported: nothing reads it to choose. A long run survives interruption: rerun the
+same command with --resume. The README's accuracy table is generated from bench/results.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from ferkit.cli import main as ferkit
+from ferkit.data import load_dataset
+from ferkit.engine import cpu_has_bf16
+from ferkit.evaluate import evaluate_ensemble, evaluate_model
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results.csv"
+COLUMNS = (
+    ["recipe", "commit", "date", "machine", "minutes", "epochs", "best_epoch"]
+    + [f"{split}_{tta}" for split in ("public", "private") for tta in ("none", "flip", "tencrop")]
+    + ["private_macro_f1", "command"]
+)
+TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"{os.cpu_count()}-core {platform.machine()} CPU{' (bf16)' if cpu_has_bf16() else ''}"
+
+
+def commit() -> str:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def accuracies(model_path: str, ds, ensemble: list[str] | None = None, weights: str = "uniform") -> dict:
+    """PublicTest and PrivateTest accuracy for each TTA mode, and PrivateTest macro-F1 without TTA."""
+    row = {}
+    for split in ("PublicTest", "PrivateTest"):
+        for tta in ("none", "flip", "tencrop"):
+            if ensemble:
+                report, _, _ = evaluate_ensemble(ensemble, ds, split, weights, tta)
+            else:
+                report, _, _ = evaluate_model(model_path, ds, split, tta)
+            row[f"{'public' if split == 'PublicTest' else 'private'}_{tta}"] = round(report["accuracy"], 4)
+            if split == "PrivateTest" and tta == "none":
+                row["private_macro_f1"] = round(report["macro_f1"], 4)
+    return row
+
+
+def append(row: dict) -> None:
+    new = not RESULTS.exists()
+    with RESULTS.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    print(" ".join(f"{k}={row[k]}" for k in COLUMNS if k != "command"))
+
+
+def run_recipe(args: argparse.Namespace) -> None:
+    out = Path(args.output_dir or ROOT / "runs" / f"bench-{args.recipe}")
+    train_args = [
+        "train",
+        "--config",
+        f"configs/{args.recipe}.yaml",
+        "--output_dir",
+        str(out),
+        "--save_best_to",
+        "",
+        "--no-progress",
+    ]
+    if args.budget_minutes:
+        train_args += ["--time_budget", str(args.budget_minutes)]
+    if args.data:
+        train_args += ["--data", args.data]
+    train_args += args.extra
+    if args.resume:
+        train_args.append("--resume")
+    start = time.time()
+    os.chdir(ROOT)
+    code = ferkit(train_args)
+    if code:
+        sys.exit(code)
+    metrics = list(csv.DictReader((out / "metrics.csv").open()))
+    ds = load_dataset(args.data)
+    best = max(metrics, key=lambda r: float(r["val_acc"]))
+    row = {
+        "recipe": args.recipe,
+        "commit": commit(),
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "minutes": round(sum(float(r["time"]) for r in metrics) / 60, 1),
+        "epochs": len(metrics),
+        "best_epoch": best["epoch"],
+        "command": "ferkit " + shlex.join(a for a in train_args if a != "--resume"),
+    }
+    append(row | accuracies(str(out / "best.pth"), ds))
+    print(f"benchmark wall time {(time.time() - start) / 60:.1f} min")
+
+
+def run_ensemble(args: argparse.Namespace) -> None:
+    name, *runs = args.ensemble
+    members = [str(Path(r) / "best.pth") for r in runs]
+    ds = load_dataset(args.data)
+    row = {
+        "recipe": name,
+        "commit": commit(),
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "minutes": "",
+        "epochs": "",
+        "best_epoch": "",
+        "command": f"ferkit ensemble --weights {args.weights} --model_paths " + " ".join(members),
+    }
+    append(row | accuracies("", ds, members, args.weights))
+
+
+def table() -> str:
+    """The README's accuracy table, from bench/results.csv."""
+    rows = list(csv.DictReader(RESULTS.open()))
+    lines = [
+        "| recipe | PublicTest | PrivateTest | PrivateTest flip | PrivateTest ten-crop | macro-F1 | epochs "
+        "| minutes | machine | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['recipe']} | {float(r['public_none']):.2%} | {float(r['private_none']):.2%} "
+            f"| {float(r['private_flip']):.2%} | {float(r['private_tencrop']):.2%} "
+            f"| {float(r['private_macro_f1']):.3f} | {r['epochs']} | {r['minutes']} | {r['machine']} "
+            f"| {r['commit']} |"
+        )
+    lines.append("")
+    lines += [f"- `{r['recipe']}`: `{r['command']}`" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("recipe", nargs="?", help="a configs/*.yaml name")
+    parser.add_argument("--budget_minutes", type=float, default=0, help="wall-time budget (schedule adapts)")
+    parser.add_argument("--output_dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--data", default=None, help="FER2013 (default $FERKIT_DATA)")
+    parser.add_argument("--ensemble", nargs="+", metavar="NAME RUN_DIR", help="NAME then run folders")
+    parser.add_argument("--weights", choices=["uniform", "fit"], default="fit")
+    parser.add_argument("--table", action="store_true", help="print the accuracy table from results.csv")
+    parser.add_argument("--update-readme", action="store_true", help="with --table: write it into README.md")
+    args, args.extra = parser.parse_known_args()
+    if args.table:
+        text = table()
+        if args.update_readme:
+            readme = (ROOT / "README.md").read_text()
+            head, rest = readme.split(TABLE_START)
+            _, tail = rest.split(TABLE_END)
+            (ROOT / "README.md").write_text(f"{head}{TABLE_START}\n{text}\n{TABLE_END}{tail}")
+        print(text)
+    elif args.ensemble:
+        run_ensemble(args)
+    elif args.recipe:
+        run_recipe(args)
+    else:
+        parser.error("give a RECIPE, --ensemble NAME RUN_DIR ..., or --table")
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ from ferkit.engine import predict_probs, select_device
 from ferkit.errors import FerkitError
 
 ENSEMBLE_FORMAT = "ferkit-ensemble"
+DEFAULT_MODEL = "models/best_model.pth"  # where `ferkit train` copies its best checkpoint
 
 
 @dataclass
@@ -123,6 +124,17 @@ def load_ensemble_spec(path: Path) -> tuple[list[str], np.ndarray, str]:
 
 def is_ensemble_spec(path: str | Path) -> bool:
     return str(path).endswith(".json")
+
+
+def resolve_model_path(path: str | None) -> str:
+    """The model a command uses: `path`, else the best model of the last `ferkit train` run here."""
+    if path:
+        return str(path)
+    if not Path(DEFAULT_MODEL).is_file():
+        raise FerkitError(
+            f"no model given and none at {DEFAULT_MODEL}: pass --model_path or train one with `ferkit train`"
+        )
+    return DEFAULT_MODEL
 
 
 def load_predictor(path: str | Path, device: str = "auto") -> tuple[CheckpointModel | Ensemble, str]:

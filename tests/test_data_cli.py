@@ -218,7 +218,7 @@ def test_show_unwritable_out(tmp_path, run_ferkit, make_fer_csv):
     rows = make_fer_csv(tmp_path / "f.csv")
     (tmp_path / "file").write_text("x")
     proc = run_ferkit("data", "show", rows.path, "--out", tmp_path / "file" / "grid.png")
-    assert_one_line_error(proc, "cannot write the grid")
+    assert_one_line_error(proc, "cannot write the figure")
 
 
 def test_real_show(tiny_real_csv, tmp_path, run_ferkit):

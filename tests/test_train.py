@@ -290,3 +290,31 @@ def test_finetune_from_real_imagenet_weights_freezes_backbone(
     assert torch.equal(tuned["features.0.0.weight"], imagenet["features.0.0.weight"].sum(1, keepdim=True))
     assert torch.equal(tuned["features.10.conv.1.0.weight"], imagenet["features.10.conv.1.0.weight"])
     assert load_checkpoint(out / "last.pth")["input_size"] == [1, 96, 96]
+
+
+def test_time_budget_stops_training_and_spreads_the_schedule(
+    run_ferkit, tiny_real_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = train(
+        run_ferkit,
+        tiny_real_csv,
+        out,
+        *FAST,
+        "--epochs",
+        "1000",
+        "--time_budget",
+        "0.1",
+        "--lr",
+        "0.01",
+        "--limit_batches",
+        "1",
+        "--width",
+        "8",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = metrics_rows(out)
+    assert 1 <= len(rows) < 1000
+    assert sum(float(r["time"]) for r in rows) < 6 + 30  # the 6 s budget, plus one epoch's evaluation
+    assert float(rows[-1]["lr"]) < 0.01 * 0.5  # the cosine schedule follows the budget, not the 1000 epochs
+    assert load_checkpoint(out / "last.pth")["model_args"]["width"] == 8

@@ -11,7 +11,7 @@ from ferkit.config import TrainConfig, resolve_config
 from ferkit.data.dataset import FerDataset
 from ferkit.errors import FerkitError
 from ferkit.evaluate import evaluate_model
-from ferkit.report import pyplot, save_figure
+from ferkit.report import save_figure, subplots
 
 RUN_FILES = ("config.yaml", "metrics.csv")
 
@@ -115,8 +115,7 @@ def plot_curves(run_dirs: Sequence[Path], out_png: Path) -> Path:
     runs = [(Path(d).name, read_run(Path(d))[1]) for d in run_dirs]
     if not runs:
         raise FerkitError("no run folders to plot")
-    plt = pyplot()
-    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(13, 5))
+    fig, (acc_ax, loss_ax) = subplots(1, 2, figsize=(13, 5))
     for name, rows in runs:
         epochs = [r["epoch"] for r in rows]
         best = max(rows, key=lambda r: r["val_acc"])

@@ -13,14 +13,14 @@ from ferkit.errors import FerkitError
 from ferkit.metrics import calibration_bins
 
 
-def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
+def subplots(
+    nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs: Any
+) -> Any:
+    """`plt.subplots` without pyplot: a standalone Figure (no global backend switch, thread-safe)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
@@ -30,8 +30,6 @@ def save_figure(fig: Any, path: Path, dpi: int = 100) -> Path:
         fig.savefig(path, dpi=dpi)
     except OSError as e:
         raise FerkitError(f"{path}: cannot write the figure ({e.strerror or e})") from None
-    finally:
-        pyplot().close(fig)
     return path
 
 
@@ -51,12 +49,11 @@ def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, per_class: in
 
 def plot_confusion_matrix(report: dict, class_names: Sequence[str], title: str, out: Path) -> Path:
     """Counts and row-normalised (recall) confusion matrices side by side, every cell annotated."""
-    plt = pyplot()
     cm = np.asarray(report["confusion_matrix"], np.int64)
     support = cm.sum(1, keepdims=True)
     norm = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
     n = len(class_names)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.8))
+    fig, axes = subplots(1, 2, figsize=(15, 6.8))
     panels = (
         (cm, max(int(cm.max()), 1), "Counts", lambda v: f"{v:d}", lambda v, _: f"{v:.0f}"),
         (
@@ -94,11 +91,10 @@ def plot_confusion_matrix(report: dict, class_names: Sequence[str], title: str, 
 
 def plot_per_class(report: dict, class_names: Sequence[str], title: str, out: Path) -> Path:
     """Grouped bars of precision, recall and F1 per class; support under each class name."""
-    plt = pyplot()
     per_class = report["per_class"]
     x = np.arange(len(class_names))
     width = 0.27
-    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig, ax = subplots(figsize=(11, 5.5))
     colors = ("#4C72B0", "#DD8452", "#55A868")
     for offset, key, color in zip((-width, 0.0, width), ("precision", "recall", "f1"), colors, strict=True):
         values = [per_class[c][key] for c in class_names]
@@ -124,14 +120,11 @@ def plot_per_class(report: dict, class_names: Sequence[str], title: str, out: Pa
 
 def plot_reliability(report: dict, probs: np.ndarray, labels: np.ndarray, title: str, out: Path) -> Path:
     """Accuracy against confidence per bin with the diagonal; image counts per bin underneath."""
-    plt = pyplot()
     b = calibration_bins(probs, labels)
     edges, width = b["edges"], 1.0 / len(b["count"])
     centers = edges[:-1] + width / 2
     seen = b["count"] > 0
-    fig, (ax, hist) = plt.subplots(
-        2, 1, figsize=(6.5, 7.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)}
-    )
+    fig, (ax, hist) = subplots(2, 1, figsize=(6.5, 7.5), sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     ax.bar(centers[seen], b["accuracy"][seen], width, color="#4C72B0", edgecolor="white", label="accuracy")
     ax.bar(
         centers[seen],
@@ -170,11 +163,10 @@ def plot_mistakes(
     k: int = 6,
 ) -> Path:
     """One row per true class: its k most confident wrong predictions, with prediction and source row."""
-    plt = pyplot()
     rows = most_confident_mistakes(probs, labels, k)
     wrong = probs.argmax(1) != labels
     n = len(class_names)
-    fig, axes = plt.subplots(n, k, figsize=(1.75 * k + 1.3, 2.1 * n), squeeze=False)
+    fig, axes = subplots(n, k, figsize=(1.75 * k + 1.3, 2.1 * n), squeeze=False)
     for c, name in enumerate(class_names):
         picks = rows[labels[rows] == c]
         for j, ax in enumerate(axes[c]):

@@ -8,18 +8,14 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
-from ferkit.errors import FerkitError
 
 
 def save_grid(ds: FerDataset, out: Path, per_class: int = 8, seed: int = 0, scale: int = 2) -> Path:
     """One row per class with `per_class` random faces, class name and count on the left."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ferkit.report import save_figure, subplots
 
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         len(CLASS_NAMES),
         per_class,
         figsize=(per_class * 0.6 * scale, len(CLASS_NAMES) * 0.66 * scale),
@@ -38,11 +34,4 @@ def save_grid(ds: FerDataset, out: Path, per_class: int = 8, seed: int = 0, scal
         axes[label][0].set_ylabel(f"{name}\n({len(rows)})", rotation=0, ha="right", va="center", fontsize=9)
     fig.suptitle(f"{Path(ds.source).name}: {len(ds)} faces", fontsize=10)
     fig.tight_layout()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=100)
-    except OSError as e:
-        raise FerkitError(f"{out}: cannot write the grid ({e.strerror})") from None
-    finally:
-        plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -1,0 +1,400 @@
+"""ONNX export of a checkpoint or an ensemble spec, and an ONNX Runtime predictor with ferkit's interface.
+
+The exported graph is self-contained: it takes gray faces as float32 `N x 1 x 48 x 48` in [0, 1] and does
+the model's own preprocessing inside (bilinear resize to its input size, channel expansion, mean/std
+normalisation), then returns softmax probabilities `N x 7` (an ensemble: the weighted mean of its
+members'). The batch dimension is dynamic. Test-time augmentation stays outside the graph:
+`OnnxPredictor.predict(..., tta=...)` averages the views `ferkit.data.transforms.tta_views` makes, as
+`CheckpointModel.predict` does.
+
+Heavy imports (torch, onnx, onnxruntime) happen inside the functions, so the CLI parser stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ferkit.classes import CLASS_NAMES, NUM_CLASSES
+from ferkit.errors import FerkitError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ferkit.inference import CheckpointModel, Ensemble
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "probs"
+BATCH_DIM = "batch"
+ONNX_FORMAT = "ferkit-onnx"
+PARITY_TOLERANCE = 1e-4
+MIN_OPSET = 18  # torch's exporter has no implementations below 18 (it would silently keep 18)
+CHECK_IMAGES = 64
+INSTALL_HINT = "pip install 'ferkit[onnx]'"
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise FerkitError(f"ONNX Runtime is not installed: {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+def _import_exporter():
+    """onnx and onnxscript, which torch's (torch.export-based) ONNX exporter needs."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise FerkitError(f"ONNX export needs {e.name or 'onnx'}: {INSTALL_HINT}") from None
+    return onnx
+
+
+# ----------------------------------------------------------------------------- the graph
+def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
+    """A module: float (N, 1, 48, 48) in [0, 1] -> probabilities (N, 7), preprocessing inside.
+
+    Each member resizes (bilinear, as `BatchTransform.prepare`), expands channels and normalises with its
+    own checkpoint's input size, mean and std; member probabilities are mixed with normalised weights.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from ferkit.inference import Ensemble
+
+    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+    raw = np.asarray(predictor.weights if isinstance(predictor, Ensemble) else [1.0], np.float64)
+    weights = (raw / raw.sum()).tolist()
+
+    class FaceGraph(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.nets = nn.ModuleList(m.model for m in members)
+            self.sizes = [tuple(m.transform.size) for m in members]
+            self.channels = [int(m.transform.channels) for m in members]
+            self.weights = weights
+            for i, m in enumerate(members):
+                self.register_buffer(f"mean{i}", m.transform.mean.detach().clone().float())
+                self.register_buffer(f"std{i}", m.transform.std.detach().clone().float())
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            out = None
+            for i, net in enumerate(self.nets):
+                x = images
+                if self.sizes[i] != (48, 48):
+                    x = F.interpolate(x, size=self.sizes[i], mode="bilinear", align_corners=False)
+                if self.channels[i] != 1:
+                    x = x.expand(-1, self.channels[i], -1, -1)
+                x = (x - getattr(self, f"mean{i}")) / getattr(self, f"std{i}")
+                p = net(x).float().softmax(1)
+                if len(self.nets) > 1:
+                    p = p * self.weights[i]
+                out = p if out is None else out + p
+            return out
+
+    return FaceGraph().eval()
+
+
+def _describe(model_path: str, predictor: CheckpointModel | Ensemble, tta: str) -> dict[str, str]:
+    """Metadata stored in the ONNX file (strings): what it is, where it came from, how to feed it."""
+    from ferkit import __version__
+    from ferkit.inference import Ensemble
+
+    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+    return {
+        "format": ONNX_FORMAT,
+        "ferkit_version": __version__,
+        "source": Path(model_path).name,
+        "arch": "+".join(m.arch for m in members),
+        "class_names": json.dumps(list(CLASS_NAMES)),
+        "input": f"{INPUT_NAME}: float32 N x 1 x 48 x 48 gray faces in [0, 1]",
+        "output": f"{OUTPUT_NAME}: float32 N x {NUM_CLASSES} softmax probabilities",
+        "tta": tta,
+    }
+
+
+def _export_proto(module: nn.Module, opset: int | None, source: str):
+    """torch.onnx.export (torch.export-based) with a dynamic batch; the ModelProto, exporter chatter muted."""
+    import torch
+
+    example = torch.rand(2, 1, 48, 48)  # batch 2: a batch of 1 would be specialised to a constant
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=True,
+                dynamic_shapes={"images": {0: torch.export.Dim(BATCH_DIM)}},
+                verbose=False,
+                optimize=True,
+            )
+    except Exception as e:  # the exporter raises many types; the CLI shows one line
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise FerkitError(
+            f"{source}: ONNX export failed"
+            + (f" at opset {opset}" if opset is not None else "")
+            + f" ({e.__class__.__name__}: {first})"
+        ) from e
+    return program.model_proto
+
+
+def _opset_of(proto) -> int:
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _session(model: bytes | str, source: str, threads: int = 0):
+    """An ONNX Runtime CPU session for a serialized model or a file; FerkitError naming `source`."""
+    ort = _import_onnxruntime()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own pybind error types (InvalidProtobuf, Fail, ...)
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise FerkitError(f"{source}: not a readable ONNX model ({e.__class__.__name__}: {first})") from None
+
+
+def _run(session, faces: np.ndarray, batch_size: int) -> np.ndarray:
+    """Probabilities for float32 (N, 1, 48, 48) faces, in batches."""
+    out = [
+        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(faces[i : i + batch_size])})[0]
+        for i in range(0, len(faces), batch_size)
+    ]
+    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def _to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, 48, 48) or (N, 1, 48, 48) -> float32 (N, 1, 48, 48) in [0, 1] (as `to_float`)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[:, None]
+    if images.ndim != 4 or images.shape[1:] != (1, 48, 48) or images.dtype != np.uint8:
+        raise FerkitError(f"expected uint8 faces N x 48 x 48, got {images.dtype} {images.shape}")
+    return images.astype(np.float32) / np.float32(255.0)
+
+
+def random_faces(n: int = CHECK_IMAGES, seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 'faces' (N, 48, 48), for a parity check when no FER2013 data is at hand."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 1, 12, 12, generator=g)
+    fine = F.interpolate(coarse, size=(48, 48), mode="bilinear", align_corners=False)
+    noise = torch.rand(n, 1, 48, 48, generator=g) * 0.15
+    return ((fine * 0.85 + noise).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
+
+
+def _open_output(output: Path) -> tuple[int, str]:
+    """A temporary file beside `output` (its folder created): checks the folder is writable before export."""
+    if output.is_dir():
+        raise FerkitError(f"--output {output}: is a folder; give a file name such as model.onnx")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    except OSError as e:
+        raise FerkitError(f"--output {output}: cannot write there ({e.strerror or e.__class__.__name__})") from None
+
+
+def export_onnx(
+    model_path: str,
+    output: Path,
+    opset: int | None = None,
+    check_images: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """Export a checkpoint (.pth) or ensemble spec (.json) to one ONNX file, checked against PyTorch.
+
+    The parity check runs ONNX Runtime on `check_images` (uint8 N x 48 x 48 real faces; None: 64 random
+    faces) and compares with ferkit's PyTorch probabilities (no TTA); over `PARITY_TOLERANCE` is an
+    error and nothing is written. The file is written atomically (temporary file + rename) only after the
+    check passes. Returns {"output", "max_abs_diff", "images", "opset", "random_faces"}.
+    """
+    import torch
+
+    from ferkit.inference import load_predictor
+
+    if opset is not None and opset < MIN_OPSET:
+        raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or newer")
+    onnx = _import_exporter()
+    _import_onnxruntime()
+    output = Path(output)
+    random = check_images is None
+    faces = random_faces() if random else np.asarray(check_images)
+    if len(faces) == 0:
+        raise FerkitError("the parity check needs at least one face")
+    x = _to_float(faces)
+    predictor, tta = load_predictor(model_path, "cpu")
+    fd, tmp = _open_output(output)
+    try:
+        with torch.no_grad():
+            reference = predictor.predict(faces, "none", batch_size)
+            proto = _export_proto(build_graph_module(predictor), opset, model_path)
+        if opset is not None and _opset_of(proto) != opset:
+            raise FerkitError(f"--opset {opset}: the exporter wrote opset {_opset_of(proto)} instead")
+        onnx.helper.set_model_props(proto, _describe(model_path, predictor, tta))
+        proto.doc_string = f"ferkit {Path(model_path).name}: FER2013 expression probabilities"
+        data = proto.SerializeToString()
+        got = _run(_session(data, f"exported {model_path}"), x, batch_size)
+        diff = float(np.abs(got.astype(np.float64) - reference).max())
+        if not diff <= PARITY_TOLERANCE:  # catches NaN too
+            raise FerkitError(
+                f"{model_path}: ONNX Runtime and PyTorch disagree by {diff:.3g} (> {PARITY_TOLERANCE:g}) "
+                f"on {len(faces)} faces; {output} not written"
+            )
+        with os.fdopen(fd, "wb") as fh:
+            fd = -1
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, output)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return {
+        "output": str(output),
+        "max_abs_diff": diff,
+        "images": len(faces),
+        "opset": _opset_of(proto),
+        "random_faces": random,
+    }
+
+
+# ----------------------------------------------------------------------------- ONNX Runtime predictor
+class OnnxPredictor:
+    """An exported ferkit model on ONNX Runtime, with `CheckpointModel.predict`'s interface."""
+
+    def __init__(self, path: str | Path, threads: int = 0) -> None:
+        self.path = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise FerkitError(f"{p}: ONNX model not found")
+        self.session = _session(str(p), str(p), threads)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if (
+            len(inputs) != 1
+            or list(inputs[0].shape[1:]) != [1, 48, 48]
+            or inputs[0].type != "tensor(float)"
+            or len(outputs) != 1
+            or list(outputs[0].shape[1:]) != [NUM_CLASSES]
+        ):
+            got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
+            raise FerkitError(
+                f"{p}: not a ferkit face model (expects one float input N x 1 x 48 x 48 and "
+                f"{NUM_CLASSES} outputs; has {got})"
+            )
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.arch = self.metadata.get("arch", "onnx")
+        self.default_tta = self.metadata.get("tta", "none")
+        names = self.metadata.get("class_names")
+        if names and json.loads(names) != list(CLASS_NAMES):
+            raise FerkitError(f"{p}: model classes {names} do not match FER2013's {list(CLASS_NAMES)}")
+
+    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
+        """Probabilities (N, 7) as float64, in the order of `images` (uint8 N x 48 x 48); TTA averaged."""
+        import torch
+
+        from ferkit.data.transforms import tta_views
+
+        x = _to_float(images)
+        out = []
+        for i in range(0, len(x), batch_size):
+            views = tta_views(torch.from_numpy(x[i : i + batch_size]), tta)
+            probs = sum(
+                self.session.run([self.output_name], {self.input_name: v.contiguous().numpy()})[0].astype(
+                    np.float64
+                )
+                for v in views
+            )
+            out.append(probs / len(views))
+        return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES))
+
+
+# ----------------------------------------------------------------------------- CLI
+def parity_faces(data: str | None, skip_bad_rows: bool, n: int) -> tuple[np.ndarray | None, str]:
+    """The first `n` PublicTest faces (any split when there is none) and where they came from.
+
+    `data` None: $FERKIT_DATA or ./data/fer2013.csv when present, else (None, note): random faces.
+    """
+    from ferkit.data import load_dataset, resolve_data_path
+
+    if data is None:
+        try:
+            resolve_data_path(None)
+        except FerkitError:
+            return None, "random faces (no FER2013 data found: pass --data for a check on real faces)"
+    ds = load_dataset(data, skip_bad_rows=skip_bad_rows)
+    if "PublicTest" in ds.split_names():
+        ds, what = ds.split("PublicTest"), "PublicTest faces"
+    else:
+        what = "faces"
+    return ds.images[:n], f"{min(n, len(ds))} {what} of {ds.source or 'the data'}"
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ferkit.inference import resolve_model_path
+
+    if args.check_images < 1:
+        raise FerkitError(f"--check_images {args.check_images}: must be at least 1")
+    model_path = resolve_model_path(args.model_path)
+    faces, what = parity_faces(args.data, args.skip_bad_rows, args.check_images)
+    result = export_onnx(model_path, Path(args.output), args.opset, faces)
+    if result["random_faces"]:
+        what = f"{result['images']} {what}"
+    print(result["output"])
+    print(
+        f"opset {result['opset']}; largest |ONNX Runtime - PyTorch| probability difference "
+        f"{result['max_abs_diff']:.2e} on {what}"
+    )
+    return 0
+
+
+def add_export_parser(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser(
+        "export", help="export a checkpoint or ensemble to ONNX (preprocessing inside), parity-checked"
+    )
+    ex.add_argument(
+        "--model_path",
+        "--model-path",
+        default=None,
+        help="checkpoint (.pth) or ensemble spec (.json) (default: the shipped model, else "
+        "models/best_model.pth)",
+    )
+    ex.add_argument("--output", "-o", required=True, help="ONNX file to write, e.g. model.onnx")
+    ex.add_argument(
+        "--data",
+        help="FER2013 file or folder for the parity check (default: $FERKIT_DATA, ./data/fer2013.csv; "
+        "random faces when none)",
+    )
+    ex.add_argument(
+        "--skip-bad-rows", "--skip_bad_rows", action="store_true", help="skip malformed rows of --data"
+    )
+    ex.add_argument(
+        "--check_images",
+        "--check-images",
+        type=int,
+        default=CHECK_IMAGES,
+        help=f"faces compared between ONNX Runtime and PyTorch (default {CHECK_IMAGES})",
+    )
+    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    ex.set_defaults(func=cmd_export)

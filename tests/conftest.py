@@ -150,6 +150,12 @@ def tiny_real_csv(real_dataset, tmp_path_factory: pytest.TempPathFactory) -> Pat
     )
 
 
+def ferkit_train_cmd(data: Path, out: Path, *args: object) -> list[str]:
+    """`python -m ferkit train --data DATA --output_dir OUT --save_best_to '' ARGS...` as an argv list."""
+    base = [sys.executable, "-m", "ferkit", "train", "--data", str(data), "--output_dir", str(out)]
+    return [*base, "--save_best_to", "", *map(str, args)]
+
+
 @pytest.fixture
 def run_ferkit() -> Callable[..., subprocess.CompletedProcess]:
     """Factory: `run_ferkit("data", "info", ..., cwd=None, env=None)` runs `python -m ferkit` for real.
@@ -209,15 +215,7 @@ def inspect_wandb() -> Callable[[Path], dict[str, list[dict]]]:
 def tiny_checkpoint(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """best.pth of a real (tiny) `ferkit train` run on `tiny_real_csv`: 2 epochs of a few batches."""
     out = tmp_path_factory.mktemp("tiny-run") / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ferkit",
-        "train",
-        "--data",
-        str(tiny_real_csv),
-        "--output_dir",
-        str(out),
+    args = [
         "--epochs",
         "2",
         "--batch_size",
@@ -226,10 +224,9 @@ def tiny_checkpoint(tiny_real_csv: Path, tmp_path_factory: pytest.TempPathFactor
         "4",
         "--wandb",
         "disabled",
-        "--save_best_to",
-        "",
         "--no-progress",
     ]
+    cmd = ferkit_train_cmd(tiny_real_csv, out, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return out / "best.pth"

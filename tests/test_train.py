@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ferkit_train_cmd
 
 from ferkit.checkpoint import load_checkpoint
 
@@ -148,19 +149,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(
     assert train(run_ferkit, tiny_real_csv, ref, *args).returncode == 0
 
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ferkit",
-        "train",
-        "--data",
-        str(tiny_real_csv),
-        "--output_dir",
-        str(out),
-        "--save_best_to",
-        "",
-        *args,
-    ]
+    cmd = ferkit_train_cmd(tiny_real_csv, out, *args)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "last.pth").exists() and proc.poll() is None and time.time() < deadline:
@@ -205,27 +194,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 def test_ddp_two_gloo_processes(tiny_real_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    cmd = [
-        torchrun,
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "ferkit",
-        "train",
-        "--data",
-        str(tiny_real_csv),
-        "--output_dir",
-        str(out),
-        "--save_best_to",
-        "",
-        *FAST,
-        "--epochs",
-        "2",
-        "--device",
-        "cpu",
-    ]
+    launcher = [torchrun, "--nproc_per_node", "2", "--master_port", "29517"]
+    python_m = ferkit_train_cmd(tiny_real_csv, out, *FAST, "--epochs", "2", "--device", "cpu")
+    cmd = launcher + python_m[1:]  # torchrun runs `-m ferkit train ...` in place of `python -m ...`
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
     )

@@ -310,9 +310,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     # model, transforms, loss, optimizer
     torch.manual_seed(cfg.seed)
     arch_kwargs = {"width": cfg.width} if cfg.width else {}
-    model = create_model(
-        cfg.model, drop_rate=cfg.drop_rate, pretrained=cfg.pretrained or False, **arch_kwargs
-    )
+    pretrained = True if cfg.pretrained == "imagenet" else (cfg.pretrained or False)
+    model = create_model(cfg.model, drop_rate=cfg.drop_rate, pretrained=pretrained, **arch_kwargs)
     model = model.to(device)
     # channels-last pays off with bf16/fp16 or on CUDA; fp32 convolutions on the CPU are slower with it
     channels_last = cfg.channels_last and (dtype is not None or device.type == "cuda")

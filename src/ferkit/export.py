@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -130,7 +131,7 @@ def _export_proto(module: nn.Module, opset: int | None, source: str):
     example = torch.rand(2, 1, 48, 48)  # batch 2: a batch of 1 would be specialised to a constant
     chatter = io.StringIO()
     try:
-        with contextlib.redirect_stdout(chatter), torch.no_grad():
+        with contextlib.redirect_stdout(chatter), _quiet_loggers("onnxscript", "torch.onnx"), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 (example,),
@@ -150,6 +151,20 @@ def _export_proto(module: nn.Module, opset: int | None, source: str):
             + f" ({e.__class__.__name__}: {first})"
         ) from e
     return program.model_proto
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str):
+    """Only errors from these loggers meanwhile (the exporter logs tracebacks of fallbacks it survives)."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _opset_of(proto) -> int:
@@ -209,7 +224,9 @@ def _open_output(output: Path) -> tuple[int, str]:
         output.parent.mkdir(parents=True, exist_ok=True)
         return tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     except OSError as e:
-        raise FerkitError(f"--output {output}: cannot write there ({e.strerror or e.__class__.__name__})") from None
+        raise FerkitError(
+            f"--output {output}: cannot write there ({e.strerror or e.__class__.__name__})"
+        ) from None
 
 
 def export_onnx(
@@ -230,9 +247,10 @@ def export_onnx(
 
     from ferkit.inference import load_predictor
 
-    if opset is not None and opset < MIN_OPSET:
-        raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or newer")
     onnx = _import_exporter()
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {newest}")
     _import_onnxruntime()
     output = Path(output)
     random = check_images is None

@@ -87,7 +87,7 @@ def _download(arch: str, weights_name: str | None) -> dict[str, torch.Tensor]:
         cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise FerkitError(
             f"could not download ImageNet weights for {arch!r} from {weights.url} ({_first_line(err)}); "
-            f"torch looks for them at {cache}; pass pretrained=PATH to load a local file instead"
+            f"torch looks for them at {cache}; load a local file with --pretrained PATH "
         ) from err
 
 

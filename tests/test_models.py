@@ -154,7 +154,7 @@ def test_pretrained_true_without_network(monkeypatch: pytest.MonkeyPatch, tmp_pa
     with pytest.raises(FerkitError, match="could not download") as info:
         create_model("mobilenet_v2", pretrained=True)
     message = str(info.value)
-    assert "\n" not in message and str(tmp_path) in message and "pretrained=PATH" in message
+    assert "\n" not in message and str(tmp_path) in message and "--pretrained PATH" in message
 
 
 def test_pretrained_true_for_scratch_models_raises() -> None:

@@ -30,6 +30,10 @@ SCALE_FACTOR = 1.1
 MIN_NEIGHBORS = 5
 MIN_FACE_FRACTION = 0.04
 DETECT_MAX_SIDE = 1600
+# The cascade's box on a FER2013 face (enlarged onto a photo) covers the whole 48x48 crop: median box side
+# 0.98 of the face, centred. So the box itself, with no margin, reproduces the framing the models were
+# trained on; a 0.2 margin would shrink faces to ~70% of their training size.
+FACE_MARGIN = 0.0
 
 Box = tuple[int, int, int, int]
 
@@ -119,7 +123,11 @@ def _cascade() -> cv2.CascadeClassifier:
 
 
 def detect_faces(gray: np.ndarray) -> list[Box]:
-    """Frontal faces (x, y, w, h) in a uint8 gray image, left to right (Haar cascade, histogram-equalised)."""
+    """Frontal faces (x, y, w, h) in a uint8 gray image, left to right (OpenCV's Haar cascade).
+
+    No histogram equalisation: the cascade normalises each window's contrast itself, and on FER2013 faces
+    pasted onto textured photos equalising found a third fewer faces (54 vs 82 of 120), no fewer false ones.
+    """
     gray = np.ascontiguousarray(gray, np.uint8)
     h, w = gray.shape[:2]
     scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
@@ -132,7 +140,7 @@ def detect_faces(gray: np.ndarray) -> list[Box]:
     if min(small.shape) < min_side:
         return []
     found = _cascade().detectMultiScale(
-        cv2.equalizeHist(small),
+        small,
         scaleFactor=SCALE_FACTOR,
         minNeighbors=MIN_NEIGHBORS,
         minSize=(min_side, min_side),
@@ -142,7 +150,7 @@ def detect_faces(gray: np.ndarray) -> list[Box]:
 
 
 def crop_face(
-    gray: np.ndarray, box: Box | list[int], margin: float = 0.2, size: int = FACE_SIZE
+    gray: np.ndarray, box: Box | list[int], margin: float = FACE_MARGIN, size: int = FACE_SIZE
 ) -> np.ndarray:
     """A square crop around `box`, `margin` of the box's side added on each side, as uint8 size x size.
 

@@ -261,9 +261,11 @@ def build_parser() -> Parser:
     models.set_defaults(func=cmd_models)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    from ferkit.export import add_export_parser
     from ferkit.predict import add_predict_parser
 
     add_predict_parser(sub)
+    add_export_parser(sub)
     cmp = sub.add_parser("compare", help="table and validation curves of several run folders")
     cmp.add_argument("run_dirs", nargs="+", help="run folders written by `ferkit train --output_dir`")
     add_data_args(cmp)

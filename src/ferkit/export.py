@@ -220,6 +220,9 @@ def _open_output(output: Path) -> tuple[int, str]:
     """A temporary file beside `output` (its folder created): checks the folder is writable before export."""
     if output.is_dir():
         raise FerkitError(f"--output {output}: is a folder; give a file name such as model.onnx")
+    blocker = next((a for a in output.parents if a.exists() and not a.is_dir()), None)
+    if blocker is not None:
+        raise FerkitError(f"--output {output}: cannot write there ({blocker} is a file, not a folder)")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         return tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
@@ -348,6 +351,12 @@ class OnnxPredictor:
         return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES))
 
 
+def load_onnx_predictor(path: str | Path, threads: int = 0) -> tuple[OnnxPredictor, str]:
+    """An exported model and its default TTA (an ensemble spec's own), as `load_predictor` returns them."""
+    predictor = OnnxPredictor(path, threads)
+    return predictor, predictor.default_tta
+
+
 # ----------------------------------------------------------------------------- CLI
 def parity_faces(data: str | None, skip_bad_rows: bool, n: int) -> tuple[np.ndarray | None, str]:
     """The first `n` PublicTest faces (any split when there is none) and where they came from.
@@ -369,12 +378,31 @@ def parity_faces(data: str | None, skip_bad_rows: bool, n: int) -> tuple[np.ndar
     return ds.images[:n], f"{min(n, len(ds))} {what} of {ds.source or 'the data'}"
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    from ferkit.inference import resolve_model_path
+def preflight(model_path: str, output: Path, opset: int | None = None) -> None:
+    """The cheap checks, before torch is imported and the parity faces are loaded: the model file
+    exists and is not ONNX already, the opset is one the exporter writes, the output's folder takes a file."""
+    p = Path(model_path)
+    if not p.is_file():
+        raise FerkitError(f"{p}: {'ensemble spec' if p.suffix == '.json' else 'checkpoint'} not found")
+    if p.suffix == ".onnx":
+        raise FerkitError(f"{p}: already ONNX; export takes a checkpoint (.pth) or an ensemble spec (.json)")
+    if opset is not None and opset < MIN_OPSET:
+        raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or newer")
+    fd, tmp = _open_output(output)
+    os.close(fd)
+    Path(tmp).unlink()
 
+
+def cmd_export(args: argparse.Namespace) -> int:
     if args.check_images < 1:
         raise FerkitError(f"--check_images {args.check_images}: must be at least 1")
-    model_path = resolve_model_path(args.model_path)
+    if args.model_path:
+        model_path = args.model_path
+    else:
+        from ferkit.inference import resolve_model_path
+
+        model_path = resolve_model_path(None)
+    preflight(model_path, Path(args.output), args.opset)
     faces, what = parity_faces(args.data, args.skip_bad_rows, args.check_images)
     result = export_onnx(model_path, Path(args.output), args.opset, faces)
     if result["random_faces"]:

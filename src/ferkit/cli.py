@@ -1,4 +1,4 @@
-"""`ferkit` command line: data, models, train, evaluate. Heavy imports happen inside each command."""
+"""`ferkit` command line: one subcommand per job. Heavy imports happen inside each command."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ferkit.errors import FerkitError
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump) and `--a_b` accepted as `--a-b`."""
+    """argparse whose errors are one line (no usage dump) with a pointer to --help."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -263,9 +263,11 @@ def build_parser() -> Parser:
     add_evaluate_parser(sub)
     from ferkit.export import add_export_parser
     from ferkit.predict import add_predict_parser
+    from ferkit.serve import add_serve_parser
 
     add_predict_parser(sub)
     add_export_parser(sub)
+    add_serve_parser(sub)
     cmp = sub.add_parser("compare", help="table and validation curves of several run folders")
     cmp.add_argument("run_dirs", nargs="+", help="run folders written by `ferkit train --output_dir`")
     add_data_args(cmp)

@@ -22,6 +22,7 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 
 FORMATS = ("text", "json", "csv")
+BACKENDS = ("torch", "onnx")
 NO_FACE = "no face found"
 # Annotated copies: images smaller than this (longest side, px) are enlarged first so labels stay legible.
 ANNOTATE_MIN_SIDE = 480
@@ -141,6 +142,57 @@ def _predict_image(path: Path, batcher: _Batcher, detect: bool, out: Path | None
     return result
 
 
+def predict_image(
+    path: str | Path,
+    predictor: Any,
+    tta: str = "none",
+    detect: bool = True,
+    batch_size: int = 64,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Faces and emotions of one image file: `{"image", "faces": [...]}` (plus `"note"`), exactly the entry
+    `ferkit predict --format json` gives it. `name` replaces the path in `"image"` (e.g. an upload's name).
+
+    FerkitError (naming `path`) for a file that is not a readable image, or a possible decompression bomb.
+    """
+    batcher = _Batcher(predictor, tta, batch_size, None)
+    result = _predict_image(Path(path), batcher, detect, None)
+    batcher.flush()
+    if name is not None:
+        result["image"] = name
+    return result
+
+
+def load_model(model_path: str | None, backend: str = "torch", device: str = "auto") -> tuple[Any, str]:
+    """The predictor for `model_path` and its default TTA: a checkpoint (.pth) or an ensemble spec (.json)
+    with `backend` "torch" (None: the default model), or an exported `.onnx` with "onnx" (ONNX Runtime, CPU).
+    """
+    if backend not in BACKENDS:
+        raise FerkitError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if backend == "onnx":
+        if not model_path:
+            raise FerkitError("--backend onnx needs --model_path MODEL.onnx (written by `ferkit export`)")
+        if Path(model_path).suffix.lower() != ".onnx":
+            raise FerkitError(f"{model_path}: --backend onnx takes an .onnx file written by `ferkit export`")
+        from ferkit.export import load_onnx_predictor
+
+        return load_onnx_predictor(model_path)
+    from ferkit.inference import load_predictor, resolve_model_path  # torch: only once there is work
+
+    path = resolve_model_path(model_path)
+    if Path(path).suffix.lower() == ".onnx":
+        raise FerkitError(f"{path}: an ONNX model: pass --backend onnx")
+    return load_predictor(path, device)
+
+
+def describe_model(predictor: Any) -> str:
+    """The architecture a predictor runs: `cnn`, or `ensemble(cnn, resnet18)`."""
+    members = getattr(predictor, "members", None)
+    if members is not None:
+        return f"ensemble({', '.join(m.arch for m in members)})"
+    return str(getattr(predictor, "arch", type(predictor).__name__))
+
+
 def _predict_video(path: Path, batcher: _Batcher, detect: bool) -> dict[str, Any]:
     from ferkit.faces import to_gray, video_frames
 
@@ -163,6 +215,7 @@ def predict_paths(
     device: str = "auto",
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    backend: str = "torch",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Faces and emotions of every image and video under `paths`, and one error line per failed input.
 
@@ -170,6 +223,7 @@ def predict_paths(
     `"note": "no face found"`); videos `{"video", "frames": [{"time", "faces"}]}`, a frame a second.
     `detect=False` takes each whole image as the face. `model_path` None: the default model. `tta` None:
     the model's own (an ensemble spec's, else none). `on_error` is called with each error line as it happens.
+    `backend` "onnx": `model_path` is an `.onnx` file written by `ferkit export` (ONNX Runtime, CPU).
     Raises FerkitError when there is nothing to process (e.g. an empty folder) or the model cannot load.
     """
     import cv2
@@ -190,9 +244,7 @@ def predict_paths(
         if out_dir.exists() and not out_dir.is_dir():
             raise FerkitError(f"--annotate {out_dir}: exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
-    from ferkit.inference import load_predictor, resolve_model_path  # torch: only once there is work
-
-    predictor, default_tta = load_predictor(resolve_model_path(model_path), device)
+    predictor, default_tta = load_model(model_path, backend, device)
     batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir)
 
     results: list[dict[str, Any]] = []
@@ -355,6 +407,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
         on_error=report,
+        backend=args.backend,
     )
     if not results:  # every input failed: its own line says why; several get a summary too
         if len(errors) > 1:
@@ -381,7 +434,14 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         "--model_path",
         "--model-path",
         default=None,
-        help="checkpoint (.pth) or ensemble spec (.json) (default: the shipped/trained default model)",
+        help="checkpoint (.pth) or ensemble spec (.json); with --backend onnx an .onnx from `ferkit export` "
+        "(default: the shipped/trained default model)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (checkpoint or ensemble spec) or onnx (an exported .onnx on ONNX Runtime, CPU)",
     )
     p.add_argument("--format", choices=FORMATS, default="text", help="text (a line per face), json, csv")
     p.add_argument(

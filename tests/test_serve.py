@@ -1,0 +1,295 @@
+"""`ferkit serve`: the JSON API (same answers as `ferkit predict`), upload limits, concurrency, and the page
+end to end in headless Chromium on the real server.
+
+Test photos are real FER2013 faces pasted onto a textured canvas, built as in test_predict.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import socket
+import struct
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_predict import DETECTABLE, GROUP, HEIGHT, WIDTH, assert_face_dicts, paste
+
+from ferkit.classes import CLASS_NAMES
+from ferkit.errors import FerkitError
+from ferkit.predict import COLORS, load_model, predict_paths
+from ferkit.serve import MAX_UPLOAD, add_serve_parser, create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+VIEWPORT = {"width": 1280, "height": 860}
+
+
+@pytest.fixture(scope="module")
+def real_faces(real_dataset) -> np.ndarray:
+    """The real PublicTest faces test_predict.py found the cascade to detect, uint8 (5, 48, 48)."""
+    public = np.flatnonzero(real_dataset.splits == "PublicTest")
+    return real_dataset.images[public[list(DETECTABLE)]]
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo(real_faces, tmp_path_factory) -> Path:
+    """A 640x400 photo with three real faces at GROUP."""
+    path = tmp_path_factory.mktemp("serve") / "group.png"
+    path.write_bytes(png_bytes(paste(real_faces[:3], GROUP)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(tiny_checkpoint):
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(str(tiny_checkpoint), device="cpu")) as c:
+        yield c
+
+
+def post(client, data: bytes, name: str = "photo.png", query: str = ""):
+    return client.post(f"/predict{query}", files={"file": (name, data, "application/octet-stream")})
+
+
+def error_of(response, status: int) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    (message,) = response.json().values()
+    assert "ferkit-serve-" not in message  # never the server's temporary path
+    return message
+
+
+# ----------------------------------------------------------------------------- API
+def test_health_and_self_contained_page(client, tiny_checkpoint) -> None:
+    from ferkit.checkpoint import load_checkpoint
+
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["model"] == str(tiny_checkpoint)
+    assert health["arch"] == load_checkpoint(tiny_checkpoint)["arch"] and health["backend"] == "torch"
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    assert "<canvas" in html and 'type="file"' in html and "getUserMedia" in html
+    assert "{{" not in html and json.dumps(list(COLORS["Happy"])) in html
+    for outside in ('src="http', "src='http", 'href="http', "href='http", "url(http", "//cdn", "@import"):
+        assert outside not in html  # nothing outside can be reached: no CDN, fonts or scripts
+
+
+def test_predict_photo_is_the_json_of_ferkit_predict(client, photo, tiny_checkpoint) -> None:
+    response = post(client, photo.read_bytes(), "holiday/group.png")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["image"] == "group.png"  # the upload's name, without folders
+    assert_face_dicts(result["faces"], GROUP)  # boxes found, probabilities sum to 1
+    for face in result["faces"]:
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+    (expected,), errors = predict_paths([photo], str(tiny_checkpoint), device="cpu", progress=False)
+    assert errors == [] and result == {**expected, "image": "group.png"}
+
+
+def test_predict_48px_face(client, real_faces) -> None:
+    face = real_faces[0]
+    result = post(client, png_bytes(face), "face.png").json()
+    (found,) = result["faces"]  # the cascade finds this face at FER2013's own size
+    assert "note" not in result and found["box"][2] >= 30
+    whole = post(client, png_bytes(face), "face.png", "?detect=false").json()
+    (crop,) = whole["faces"]
+    assert crop["box"] == [0, 0, 48, 48]
+    expected = client.app.state.predictor.predict(face[None])[0]
+    np.testing.assert_allclose([crop["probabilities"][c] for c in CLASS_NAMES], expected, atol=1e-4)
+    assert crop["emotion"] == CLASS_NAMES[int(np.argmax(expected))]
+    blank = post(client, png_bytes(np.full((120, 160), 128, np.uint8)), "wall.png").json()
+    assert blank == {"image": "wall.png", "faces": [], "note": "no face found"}
+
+
+def bomb_png(side: int = 10_000) -> bytes:
+    """A valid side x side gray PNG of zeros (100 M pixels, over Pillow's limit) in about 100 kB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z, row = zlib.compressobj(9), bytes(side + 1)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    head = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", head) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_upload_limits_and_bad_files(client, photo) -> None:
+    big = post(client, b"\0" * (11 * 2**20), "big.jpg")  # over 10 MB, refused from Content-Length
+    assert "too large" in error_of(big, 413)
+
+    def chunks():  # no Content-Length: refused once the body passes the limit, not read to the end
+        for _ in range(64):
+            yield b"\0" * 2**20
+
+    streamed = client.post(
+        "/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert "too large" in error_of(streamed, 413)
+
+    text = post(client, b"these are my holiday notes\n" * 20, "notes.txt")
+    assert "notes.txt: not an image" in error_of(text, 415)
+    raw = client.post("/predict", content=photo.read_bytes(), headers={"content-type": "image/png"})
+    assert "multipart/form-data" in error_of(raw, 415)
+    assert "empty.png: empty file" in error_of(post(client, b"", "empty.png"), 400)
+    missing = client.post("/predict", files={"photo": ("a.png", photo.read_bytes())})
+    assert "field 'file'" in error_of(missing, 400)
+    cut = post(client, photo.read_bytes()[:3000], "cut.png")  # a header, then nothing
+    assert "cut.png" in error_of(cut, 400)
+
+    bomb = bomb_png()
+    assert len(bomb) < 200_000 < MAX_UPLOAD
+    message = error_of(post(client, bomb, "bomb.png"), 413)
+    assert "bomb.png" in message and "decompression bomb" in message
+    assert client.get("/health").json()["status"] == "ok"  # and the server is still up
+
+
+def test_concurrent_requests_all_succeed_with_identical_results(client, photo, real_faces) -> None:
+    uploads = [(photo.read_bytes(), "group.png"), (png_bytes(real_faces[3]), "face.png")]
+    alone = [post(client, data, name).json() for data, name in uploads]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda i: post(client, *uploads[i % 2]), range(8)))
+    assert [r.status_code for r in responses] == [200] * 8
+    for i, r in enumerate(responses):
+        assert r.json() == alone[i % 2]
+
+
+# ----------------------------------------------------------------------------- command line
+def serve_args(*argv: str) -> argparse.Namespace:
+    from ferkit.cli import Parser
+
+    parser = Parser(prog="ferkit")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_cli_errors_before_the_server_starts(tmp_path, tiny_checkpoint) -> None:
+    cases = [
+        (["--model_path", str(tmp_path / "gone.pth")], "gone.pth: checkpoint not found"),
+        (["--model_path", str(tiny_checkpoint), "--backend", "onnx"], "--backend onnx takes an .onnx"),
+        (["--backend", "onnx"], "--backend onnx needs --model_path"),
+    ]
+    for argv, needle in cases:
+        args = serve_args(*argv)
+        with pytest.raises(FerkitError, match=needle):
+            args.func(args)
+    with pytest.raises(FerkitError, match="ONNX model: pass --backend onnx"):
+        load_model(str(tmp_path / "model.onnx"), "torch")
+    with socket.socket() as busy:  # a port someone else holds: one line, no traceback from uvicorn
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = serve_args("--model_path", str(tiny_checkpoint), "--device", "cpu", "--port", str(port))
+        with pytest.raises(FerkitError, match=f"cannot listen on 127.0.0.1:{port}"):
+            args.func(args)
+
+
+# ----------------------------------------------------------------------------- the page, in Chromium
+@pytest.fixture
+def live_server(tiny_checkpoint, monkeypatch, capsys):
+    """`ferkit serve --port 0` running in a thread: the URL it printed."""
+    import uvicorn
+
+    servers: list[uvicorn.Server] = []
+
+    class Recorded(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config) -> None:
+            super().__init__(config)
+            servers.append(self)
+
+    monkeypatch.setattr(uvicorn, "Server", Recorded)
+    args = serve_args("--model_path", str(tiny_checkpoint), "--device", "cpu", "--port", "0")
+    thread = threading.Thread(target=args.func, args=(args,), daemon=True)
+    thread.start()
+    printed, deadline = "", time.monotonic() + 60
+    while not (servers and servers[0].started) and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    printed = capsys.readouterr().out
+    assert servers and servers[0].started, printed
+    (line,) = printed.strip().splitlines()
+    url = line.split(" at ")[1].split()[0]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0/"), line
+    yield url
+    servers[0].should_exit = True
+    thread.join(15)
+    assert not thread.is_alive()
+
+
+def test_page_end_to_end_in_chromium(live_server, photo, tmp_path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM} (apt-get install -y chromium)")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install playwright)"
+    )
+    import httpx
+
+    expected = httpx.post(f"{live_server}predict", files={"file": ("group.png", photo.read_bytes())}).json()
+    assert len(expected["faces"]) == len(GROUP)
+    shot = tmp_path / "serve.png"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+            problems: list[str] = []
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.goto(live_server)
+            page.wait_for_function("document.getElementById('model').textContent.includes('torch')")
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=60_000)
+            assert page.locator("#status").inner_text() == "group.png: 3 faces"
+            cards = page.locator("#faces .face")
+            assert cards.count() == 3
+            for i, face in enumerate(expected["faces"]):
+                card = cards.nth(i)
+                assert card.get_attribute("data-emotion") == face["emotion"]
+                names = card.locator(".bars .name").all_inner_texts()
+                shown = [float(t.rstrip("%")) for t in card.locator(".bars .pct").all_inner_texts()]
+                ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
+                assert names == [name for name, _ in ranked]  # 7 bars, largest first
+                assert np.allclose(shown, [100 * p for _, p in ranked], atol=0.051)
+            canvas = page.locator("#canvas")
+            assert canvas.is_visible()
+            scale = float(canvas.get_attribute("data-scale"))
+            line = float(canvas.get_attribute("data-line"))
+            frame = canvas.bounding_box()
+            page.screenshot(path=str(shot))
+            assert problems == []
+        finally:
+            browser.close()
+
+    image = Image.open(shot)
+    assert image.format == "PNG" and image.size == (VIEWPORT["width"], VIEWPORT["height"])
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    assert pixels.std() > 20  # not blank
+    for face in expected["faces"]:  # each box's left edge, at mid-height, is drawn in its emotion's colour
+        x, y, w, h = face["box"]
+        px = round(frame["x"] + x * scale + line / 2)
+        py = round(frame["y"] + (y + h / 2) * scale)
+        got = pixels[py, px]
+        assert np.abs(got - COLORS[face["emotion"]]).max() < 40, (face, got.tolist())
+    assert frame["width"] <= VIEWPORT["width"] and round(frame["width"] / scale) == WIDTH
+    assert round(frame["height"] / scale) == HEIGHT

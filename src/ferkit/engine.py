@@ -342,7 +342,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
-        stale, elapsed = ckpt["stale"], ckpt["elapsed"]
+        stale, elapsed = ckpt.get("stale", 0), ckpt.get("elapsed", 0.0)  # absent in early checkpoints
     elif rank == 0 and (out / "last.pth").exists():
         raise FerkitError(
             f"{out} already holds a run (last.pth): pass --resume to continue it, or another --output_dir"

@@ -685,3 +685,12 @@ def test_tiny_real_csv_has_every_class_in_every_split(tiny_real_csv):
     assert len(ds) == 980
     for split, per_class in (("Training", 100), ("PublicTest", 20), ("PrivateTest", 20)):
         assert np.bincount(ds.labels[ds.splits == split], minlength=7).tolist() == [per_class] * 7
+
+
+def test_ferplus_file_given_as_data_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "fer2013new.csv"
+    path.write_text(
+        "Usage,Image name,neutral,happiness,surprise,sadness,anger,disgust,fear,contempt,unknown,NF\n"
+    )
+    with pytest.raises(FerkitError, match="FER\\+ label file.*--ferplus"):
+        load_dataset(path)

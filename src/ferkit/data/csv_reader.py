@@ -52,6 +52,8 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
     """
     data = read_bytes(path)
     header, lines = _split_lines(path, data)
+    if "pixels" not in header and "image name" in header:
+        raise FerkitError(f"{path}: this is the FER+ label file, not the images: pass it with --ferplus")
     if "pixels" not in header:
         raise FerkitError(
             f"{path}: no 'pixels' column (columns: {', '.join(header)[:80]}); "

@@ -271,8 +271,9 @@ def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plate
 
 
 # ----------------------------------------------------------------------------- fit
-def default_output_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{cfg.model}"
+def timestamped_run_dir(name: str) -> Path:
+    """runs/<YYYYmmdd-HHMMSS>-<name>: the default folder of a train or evaluate run."""
+    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 
 def fit(cfg: TrainConfig) -> dict[str, Any]:
@@ -284,7 +285,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
     if cfg.resume and not cfg.output_dir:
         raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
-    out = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg)
+    out = Path(cfg.output_dir) if cfg.output_dir else timestamped_run_dir(cfg.model)
     if world > 1 and not cfg.output_dir:
         raise FerkitError("multi-process training needs --output_dir (every process must agree on it)")
 

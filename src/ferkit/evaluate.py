@@ -12,7 +12,7 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
-from ferkit.engine import select_device
+from ferkit.engine import select_device, timestamped_run_dir
 from ferkit.errors import FerkitError
 from ferkit.inference import (
     CheckpointModel,
@@ -174,13 +174,9 @@ def publish(
         )
         report["report"] = str(summary)
     if wandb != "disabled":
-        track_evaluation(report, data, probs, wandb, Path(output_dir or report_dir or default_eval_dir()))
-
-
-def default_eval_dir() -> Path:
-    from datetime import datetime
-
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-evaluate"
+        track_evaluation(
+            report, data, probs, wandb, Path(output_dir or report_dir or timestamped_run_dir("evaluate"))
+        )
 
 
 def track_evaluation(

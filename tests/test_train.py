@@ -289,3 +289,40 @@ def test_time_budget_stops_training_and_spreads_the_schedule(
     assert sum(float(r["time"]) for r in rows) < 6 + 30  # the 6 s budget, plus one epoch's evaluation
     assert float(rows[-1]["lr"]) < 0.01 * 0.5  # the cosine schedule follows the budget, not the 1000 epochs
     assert load_checkpoint(out / "last.pth")["model_args"]["width"] == 8
+
+
+def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpoint, tiny_real_csv) -> None:
+    from ferkit.config import TrainConfig
+    from ferkit.data import load_dataset
+    from ferkit.engine import distillation_targets
+    from ferkit.inference import load_predictor
+
+    train_split = load_dataset(tiny_real_csv).split("Training")
+    labels = torch.from_numpy(train_split.labels)
+    cfg = TrainConfig(teacher=str(tiny_checkpoint), distill=0.25, device="cpu")
+    targets = distillation_targets(cfg, train_split.images, labels)
+    teacher, _ = load_predictor(tiny_checkpoint, "cpu")
+    probs = torch.from_numpy(teacher.predict(train_split.images, "flip")).float()
+    expected = 0.25 * probs + 0.75 * torch.nn.functional.one_hot(labels, 7).float()
+    assert torch.allclose(targets, expected, atol=1e-6)
+    assert torch.allclose(targets.sum(1), torch.ones(len(labels)), atol=1e-5)
+
+
+def test_train_with_a_teacher_and_its_bad_options(
+    run_ferkit, tiny_real_csv, tiny_checkpoint, tmp_path
+) -> None:
+    out = tmp_path / "student"
+    proc = train(run_ferkit, tiny_real_csv, out, *FAST, "--teacher", tiny_checkpoint, "--distill", "0.7")
+    assert proc.returncode == 0, proc.stderr
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert (saved["teacher"], saved["distill"]) == (str(tiny_checkpoint), 0.7)
+    one_line_error(
+        train(
+            run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--teacher", tiny_checkpoint, "--distill", "1.5"
+        ),
+        "--distill 1.5",
+    )
+    one_line_error(
+        train(run_ferkit, tiny_real_csv, tmp_path / "b", *FAST, "--teacher", tmp_path / "none.pth"),
+        "none.pth",
+    )

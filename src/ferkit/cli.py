@@ -117,11 +117,32 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ferkit.evaluate import evaluate_model
+    from ferkit.inference import resolve_model_path
 
     report, data, probs = evaluate_model(
-        args.model_path, load_from_args(args), args.split, args.tta, args.batch_size, args.device
+        resolve_model_path(args.model_path),
+        load_from_args(args),
+        args.split,
+        args.tta,
+        args.batch_size,
+        args.device,
     )
     return publish_report(args, report, data, probs)
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from ferkit.model_card import write_model_card
+
+    output = Path(args.output)
+    if output.suffix != ".json":
+        raise FerkitError(f"--output {output}: the model card is a .json file (weights go beside it)")
+    card = write_model_card(
+        args.model_path, output, load_from_args(args), args.tta, args.command, args.name, args.batch_size
+    )
+    print(f"{output} + {card['weights']} ({card['parameters']:,} parameters)")
+    for split, acc in card["accuracy"].items():
+        print(f"{split}: " + ", ".join(f"tta {mode} {value:.2%}" for mode, value in acc.items()))
+    return 0
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
@@ -207,7 +228,9 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="accuracy, per-class metrics, confusion matrix of a checkpoint or ensemble"
     )
     ev.add_argument(
-        "--model_path", "--model-path", default="models/best_model.pth", help="checkpoint or ensemble .json"
+        "--model_path",
+        "--model-path",
+        help="checkpoint, ensemble spec or model card (default: the model shipped with ferkit)",
     )
     ev.add_argument(
         "--tta",
@@ -217,6 +240,19 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_evaluation_args(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    sh = sub.add_parser(
+        "ship",
+        help="write a model as safetensors + JSON model card, with its accuracy measured on both splits",
+    )
+    sh.add_argument("--model_path", "--model-path", required=True, help="checkpoint or ensemble spec")
+    sh.add_argument("--output", required=True, help="model card to write (.json; weights beside it)")
+    sh.add_argument("--command", required=True, help="the command that trained the model, for the card")
+    sh.add_argument("--tta", choices=["none", "flip", "tencrop"], default="flip", help="default TTA")
+    sh.add_argument("--name", default="", help="model name (default: the card's file name)")
+    sh.add_argument("--batch_size", "--batch-size", type=int, default=512)
+    add_data_args(sh)
+    sh.set_defaults(func=cmd_ship)
 
     en = sub.add_parser("ensemble", help="soft-voting ensemble of checkpoints, each member reported too")
     en.add_argument("--model_paths", "--model-paths", nargs="+", required=True, help="checkpoints (.pth)")

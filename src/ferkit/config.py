@@ -41,6 +41,14 @@ class TrainConfig:
     labels: str = option("fer2013", "label source", ("fer2013", "ferplus"))
     ferplus: str = option("", "FER+ fer2013new.csv (default: $FERKIT_FERPLUS or beside the data)")
     soft_labels: bool = option(False, "train on FER+ vote distributions instead of majority labels")
+    teacher: str = option(
+        "", "distil from this model (checkpoint, ensemble .json or model card): its flip-TTA probabilities"
+    )
+    distill: float = option(
+        0.5,
+        "with --teacher: the teacher's share of the targets (the rest is the labels), 0 to 1",
+        minimum=0.0,
+    )
     skip_bad_rows: bool = option(False, "skip malformed data rows")
     epochs: int = option(50, "training epochs", minimum=1)
     batch_size: int = option(64, "training batch size (per process)", minimum=1)

@@ -271,6 +271,18 @@ def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plate
 
 
 # ----------------------------------------------------------------------------- fit
+def distillation_targets(cfg: TrainConfig, faces: np.ndarray, targets: torch.Tensor) -> torch.Tensor:
+    """Knowledge distillation with fixed soft targets: `cfg.distill` x the teacher's flip-TTA probabilities
+    on the (unaugmented) training faces + the rest x the labels (class indices or FER+ distributions)."""
+    from ferkit.inference import load_predictor  # inference builds on this module
+
+    teacher, _ = load_predictor(cfg.teacher, cfg.device)
+    probs = torch.from_numpy(teacher.predict(faces, "flip")).float()
+    targets = targets.cpu()
+    labels = F.one_hot(targets, len(CLASS_NAMES)).float() if targets.dim() == 1 else targets.float()
+    return cfg.distill * probs + (1 - cfg.distill) * labels
+
+
 def timestamped_run_dir(name: str) -> Path:
     """runs/<YYYYmmdd-HHMMSS>-<name>: the default folder of a train or evaluate run."""
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
@@ -283,6 +295,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     dtype = autocast_dtype(cfg.precision, device)
     if cfg.time_budget and world > 1:
         raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
+    if cfg.distill > 1:
+        raise FerkitError(f"--distill {cfg.distill}: the teacher's share must be between 0 and 1")
     if cfg.resume and not cfg.output_dir:
         raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
     out = Path(cfg.output_dir) if cfg.output_dir else timestamped_run_dir(cfg.model)
@@ -305,6 +319,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     train_images = torch.from_numpy(train.images).to(device)
     train_labels = torch.from_numpy(train.labels).to(device)
     train_targets = torch.from_numpy(train.soft_labels).to(device) if cfg.soft_labels else train_labels
+    if cfg.teacher:
+        train_targets = distillation_targets(cfg, train.images, train_targets).to(device)
     val_images = torch.from_numpy(val.images).to(device)
     val_labels = torch.from_numpy(val.labels)
 

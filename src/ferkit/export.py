@@ -423,8 +423,7 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--model_path",
         "--model-path",
         default=None,
-        help="checkpoint (.pth) or ensemble spec (.json) (default: the shipped model, else "
-        "models/best_model.pth)",
+        help="checkpoint (.pth), ensemble spec or model card (.json) (default: the shipped model)",
     )
     ex.add_argument("--output", "-o", required=True, help="ONNX file to write, e.g. model.onnx")
     ex.add_argument(

@@ -20,7 +20,6 @@ from ferkit.engine import predict_probs, select_device
 from ferkit.errors import FerkitError
 
 ENSEMBLE_FORMAT = "ferkit-ensemble"
-DEFAULT_MODEL = "models/best_model.pth"  # where `ferkit train` copies its best checkpoint
 
 
 @dataclass
@@ -35,14 +34,18 @@ class CheckpointModel:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> CheckpointModel:
-        ckpt = load_checkpoint(path)
+        return cls.from_payload(load_checkpoint(path), str(path), device)
+
+    @classmethod
+    def from_payload(cls, ckpt: dict[str, Any], source: str, device: torch.device) -> CheckpointModel:
+        """The model a checkpoint dict (`ferkit.checkpoint.model_payload`) describes; `source` names it."""
         if list(ckpt["class_names"]) != list(CLASS_NAMES):
             raise FerkitError(
-                f"{path}: model classes {ckpt['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
+                f"{source}: model classes {ckpt['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
             )
-        model = model_from_checkpoint(ckpt, str(path)).to(device)
+        model = model_from_checkpoint(ckpt, source).to(device)
         tf = BatchTransform(tuple(ckpt["input_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
-        return cls(str(path), ckpt["arch"], model, tf, ckpt)
+        return cls(source, ckpt["arch"], model, tf, ckpt)
 
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
         """Probabilities (N, 7), fp32 inference, in the order of `images` (uint8 N x 48 x 48)."""
@@ -114,7 +117,9 @@ def load_ensemble_spec(path: Path) -> tuple[list[str], np.ndarray, str]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FerkitError(f"{path}: not a readable ensemble spec ({e.__class__.__name__})") from None
     if not isinstance(spec, dict) or spec.get("format") != ENSEMBLE_FORMAT:
-        raise FerkitError(f"{path}: not a ferkit ensemble spec (no 'format: {ENSEMBLE_FORMAT}')")
+        raise FerkitError(
+            f"{path}: neither a ferkit ensemble spec nor a model card (no 'format: {ENSEMBLE_FORMAT}')"
+        )
     members = spec.get("members") or []
     if not members:
         raise FerkitError(f"{path}: the ensemble has no members")
@@ -127,23 +132,27 @@ def is_ensemble_spec(path: str | Path) -> bool:
 
 
 def resolve_model_path(path: str | None) -> str:
-    """The model a command uses: `path`, else the best model of the last `ferkit train` run here."""
+    """The model a command uses: `path`, else the model card of the model shipped with ferkit."""
     if path:
         return str(path)
-    if not Path(DEFAULT_MODEL).is_file():
+    from ferkit.model_card import SHIPPED_CARD
+
+    if not SHIPPED_CARD.is_file():
         raise FerkitError(
-            f"no model given and none at {DEFAULT_MODEL}: pass --model_path or train one with `ferkit train`"
+            f"the shipped model is missing from this install ({SHIPPED_CARD}): pass --model_path"
         )
-    return DEFAULT_MODEL
+    return str(SHIPPED_CARD)
 
 
 def load_predictor(path: str | Path, device: str = "auto") -> tuple[CheckpointModel | Ensemble, str]:
-    """A checkpoint (.pth) or an ensemble spec (.json), and its default TTA ('none' for a checkpoint)."""
+    """A checkpoint (.pth), an ensemble spec or a model card (.json), and its default TTA."""
     dev = select_device(device)
     if is_ensemble_spec(path):
+        from ferkit.model_card import is_model_card, load_model_card, read_json
+
         p = Path(path)
-        if not p.is_file():
-            raise FerkitError(f"{p}: ensemble spec not found")
+        if is_model_card(read_json(p)):
+            return load_model_card(p, dev)
         paths, weights, tta = load_ensemble_spec(p)
         return Ensemble([CheckpointModel.load(m, dev) for m in paths], weights), tta
     return CheckpointModel.load(path, dev), "none"

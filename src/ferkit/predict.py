@@ -164,8 +164,8 @@ def predict_image(
 
 
 def load_model(model_path: str | None, backend: str = "torch", device: str = "auto") -> tuple[Any, str]:
-    """The predictor for `model_path` and its default TTA: a checkpoint (.pth) or an ensemble spec (.json)
-    with `backend` "torch" (None: the default model), or an exported `.onnx` with "onnx" (ONNX Runtime, CPU).
+    """The predictor for `model_path` and its default TTA: a checkpoint (.pth), ensemble spec or model card
+    with `backend` "torch" (None: the shipped model), or an exported `.onnx` with "onnx" (ONNX Runtime, CPU).
     """
     if backend not in BACKENDS:
         raise FerkitError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
@@ -221,7 +221,7 @@ def predict_paths(
 
     Images give `{"image", "faces": [{"box": [x, y, w, h], "emotion", "probabilities"}]}` (plus
     `"note": "no face found"`); videos `{"video", "frames": [{"time", "faces"}]}`, a frame a second.
-    `detect=False` takes each whole image as the face. `model_path` None: the default model. `tta` None:
+    `detect=False` takes each whole image as the face. `model_path` None: the shipped model. `tta` None:
     the model's own (an ensemble spec's, else none). `on_error` is called with each error line as it happens.
     `backend` "onnx": `model_path` is an `.onnx` file written by `ferkit export` (ONNX Runtime, CPU).
     Raises FerkitError when there is nothing to process (e.g. an empty folder) or the model cannot load.
@@ -434,8 +434,8 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         "--model_path",
         "--model-path",
         default=None,
-        help="checkpoint (.pth) or ensemble spec (.json); with --backend onnx an .onnx from `ferkit export` "
-        "(default: the shipped/trained default model)",
+        help="checkpoint (.pth), ensemble spec or model card (.json); with --backend onnx an .onnx from "
+        "`ferkit export` (default: the shipped model)",
     )
     p.add_argument(
         "--backend",

@@ -149,7 +149,7 @@ async def read_upload(request: Any) -> tuple[bytes, str]:
 def create_app(
     model_path: str | None = None, backend: str = "torch", device: str = "cpu", tta: str | None = None
 ):
-    """The FastAPI app serving `model_path` (None: the default model; `.onnx` with backend "onnx").
+    """The FastAPI app serving `model_path` (None: the shipped model; `.onnx` with backend "onnx").
 
     The model is loaded here, so a missing or broken model is a FerkitError before any server starts.
     """
@@ -276,8 +276,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "--model_path",
         "--model-path",
         default=None,
-        help="checkpoint (.pth) or ensemble spec (.json); with --backend onnx an .onnx from `ferkit export` "
-        "(default: models/best_model.pth)",
+        help="checkpoint (.pth), ensemble spec or model card (.json); with --backend onnx an .onnx from "
+        "`ferkit export` (default: the shipped model)",
     )
     p.add_argument(
         "--backend",

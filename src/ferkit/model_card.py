@@ -1,0 +1,180 @@
+"""Models as safetensors + a JSON model card: the format of the model that ships inside ferkit.
+
+The card (`*.json`, format `ferkit-model-card`) names its weights file, describes each member (architecture,
+arguments, input size, normalisation, ensemble weight), the class names, the default test-time augmentation,
+the command that trained it, and the PublicTest/PrivateTest accuracy measured on the card's own weights by
+`ferkit.evaluate.evaluate_model`: the same code `ferkit evaluate` runs, so the two agree by construction.
+Weights are stored as float16 (half the size); accuracy is measured after that rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ferkit import __version__
+from ferkit.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ferkit.classes import CLASS_NAMES
+from ferkit.errors import FerkitError
+from ferkit.inference import CheckpointModel, Ensemble, load_predictor
+
+CARD_FORMAT = "ferkit-model-card"
+SHIPPED_CARD = Path(__file__).resolve().parent / "weights" / "ferkit-fer2013.json"
+MEMBER_KEYS = ("arch", "model_args", "input_size", "mean", "std")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; FerkitError naming the file when it is missing or not JSON."""
+    if not path.is_file():
+        raise FerkitError(f"{path}: model file not found")
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FerkitError(f"{path}: not a readable JSON model file ({e.__class__.__name__})") from None
+    if not isinstance(obj, dict):
+        raise FerkitError(f"{path}: not a ferkit model card or ensemble spec")
+    return obj
+
+
+def is_model_card(obj: dict[str, Any]) -> bool:
+    return obj.get("format") == CARD_FORMAT
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_model_card(path: str | Path, device: torch.device) -> tuple[CheckpointModel | Ensemble, str]:
+    """The card's model (one member: a CheckpointModel, several: an Ensemble) and its default TTA."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    card_path = Path(path)
+    card = read_json(card_path)
+    if not is_model_card(card):
+        raise FerkitError(f"{card_path}: not a ferkit model card (no 'format: {CARD_FORMAT}')")
+    if list(card.get("class_names", [])) != list(CLASS_NAMES):
+        raise FerkitError(
+            f"{card_path}: model classes {card.get('class_names')} do not match FER2013's {list(CLASS_NAMES)}"
+        )
+    weights_path = card_path.parent / card["weights"]
+    if not weights_path.is_file():
+        raise FerkitError(f"{card_path}: its weights file {weights_path} is missing")
+    if card.get("sha256") and sha256(weights_path) != card["sha256"]:
+        raise FerkitError(f"{weights_path}: checksum differs from its card {card_path} (damaged or replaced)")
+    try:
+        tensors = load_file(weights_path)
+    except (SafetensorError, OSError) as e:
+        raise FerkitError(f"{weights_path}: not a readable safetensors file ({e})") from None
+    members = []
+    for i, member in enumerate(card["members"]):
+        prefix = f"{i}."
+        state = {
+            k[len(prefix) :]: v.float() if v.is_floating_point() else v
+            for k, v in tensors.items()
+            if k.startswith(prefix)
+        }
+        payload = {k: member[k] for k in MEMBER_KEYS} | {
+            "format": CHECKPOINT_FORMAT,
+            "class_names": card["class_names"],
+            "model": state,
+        }
+        members.append(CheckpointModel.from_payload(payload, f"{weights_path} (member {i})", device))
+    tta = card.get("tta", "none")
+    if len(members) == 1:
+        return members[0], tta
+    return Ensemble(members, np.array([float(m["weight"]) for m in card["members"]])), tta
+
+
+def git_commit() -> str:
+    """The commit of the working tree ferkit runs from ('unknown' outside a git checkout)."""
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def write_model_card(
+    model_path: str,
+    card_path: Path,
+    ds: Any,
+    tta: str,
+    command: str,
+    name: str = "",
+    batch_size: int = 512,
+) -> dict[str, Any]:
+    """Write `model_path` (a checkpoint or ensemble spec) as safetensors + card at `card_path`, with its
+    accuracy on PublicTest and PrivateTest (single-crop and `tta`) measured on the written files."""
+    from safetensors.torch import save_file
+
+    from ferkit.evaluate import evaluate_model
+
+    predictor, _ = load_predictor(model_path, "cpu")
+    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+    weights = predictor.weights / predictor.weights.sum() if isinstance(predictor, Ensemble) else [1.0]
+    tensors = {}
+    for i, m in enumerate(members):
+        for k, v in m.model.state_dict().items():
+            v = v.detach().cpu()
+            tensors[f"{i}.{k}"] = (v.half() if v.is_floating_point() else v).contiguous()
+    card_path.parent.mkdir(parents=True, exist_ok=True)
+    weights_path = card_path.with_suffix(".safetensors")
+    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
+    save_file(tensors, tmp, metadata={"format": CARD_FORMAT, "card": card_path.name})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, weights_path)
+    card: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "name": name or card_path.stem,
+        "description": "Facial expression classifier for 48x48 grayscale faces (FER2013's 7 classes)",
+        "weights": weights_path.name,
+        "sha256": sha256(weights_path),
+        "parameters": int(
+            sum(v.numel() for k, v in tensors.items() if not k.endswith("num_batches_tracked"))
+        ),
+        "members": [
+            {k: m.ckpt[k] for k in MEMBER_KEYS} | {"weight": float(w)}
+            for m, w in zip(members, weights, strict=True)
+        ],
+        "class_names": list(CLASS_NAMES),
+        "input": "N x 1 x 48 x 48 grayscale faces; each member resizes and normalises with its mean/std",
+        "tta": tta,
+        "training_command": command,
+        "commit": git_commit(),
+        "ferkit_version": __version__,
+        "date": date.today().isoformat(),
+        "data": ds.source,
+        "checkpoint_selection": "PublicTest (PrivateTest is only reported)",
+    }
+    write_json(card_path, card)
+    accuracy: dict[str, dict[str, float]] = {}
+    for split in ("PublicTest", "PrivateTest"):
+        accuracy[split] = {}
+        for mode in dict.fromkeys(("none", tta)):
+            report, _, _ = evaluate_model(str(card_path), ds, split, mode, batch_size, "cpu")
+            accuracy[split][mode] = round(report["accuracy"], 6)
+    card["accuracy"] = accuracy
+    write_json(card_path, card)
+    return card
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(obj, indent=2) + "\n")
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)

@@ -1,0 +1,119 @@
+"""Model cards: `ferkit ship` writes safetensors + a JSON card whose accuracy `ferkit evaluate` reproduces,
+and the model shipped inside ferkit is what every command uses when --model_path is left out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ferkit.data import load_dataset
+from ferkit.inference import load_predictor, save_ensemble_spec
+from ferkit.model_card import SHIPPED_CARD
+
+SHIPPED_MAX_BYTES = 20 * 1024 * 1024
+
+
+def ship(run_ferkit, model: Path, card: Path, data: Path, *extra: str):
+    return run_ferkit(
+        "ship",
+        "--model_path",
+        model,
+        "--output",
+        card,
+        "--command",
+        "ferkit train (test)",
+        "--data",
+        data,
+        *extra,
+    )
+
+
+def evaluate_json(run_ferkit, data: Path, split: str, *model_args: str) -> dict:
+    proc = run_ferkit(
+        "evaluate", *model_args, "--data", data, "--split", split, "--format", "json", "--wandb", "disabled"
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_ship_writes_safetensors_and_a_card_that_evaluate_agrees_with(
+    tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit
+) -> None:
+    card_path = tmp_path / "out" / "model.json"
+    proc = ship(run_ferkit, tiny_checkpoint, card_path, tiny_real_csv)
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(card_path.read_text())
+    weights = card_path.with_suffix(".safetensors")
+    assert card["format"] == "ferkit-model-card" and card["weights"] == weights.name
+    assert card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert card["members"][0]["arch"] == "cnn" and card["members"][0]["mean"]
+    assert card["tta"] == "flip" and card["training_command"] == "ferkit train (test)"
+    assert set(card["accuracy"]) == {"PublicTest", "PrivateTest"}
+    assert set(card["accuracy"]["PrivateTest"]) == {"none", "flip"}
+    # `ferkit evaluate` on the card (its default TTA) prints the card's number
+    report = evaluate_json(run_ferkit, tiny_real_csv, "PrivateTest", "--model_path", str(card_path))
+    assert report["tta"] == "flip"
+    assert report["accuracy"] == pytest.approx(card["accuracy"]["PrivateTest"]["flip"], abs=1e-6)
+    # float16 storage keeps the checkpoint's predictions
+    faces = load_dataset(tiny_real_csv).images[:64]
+    original, _ = load_predictor(tiny_checkpoint, "cpu")
+    shipped, tta = load_predictor(card_path, "cpu")
+    assert tta == "flip"
+    assert np.abs(original.predict(faces) - shipped.predict(faces)).max() < 5e-3
+
+
+def test_an_ensemble_ships_as_one_file_with_its_weights(tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit):
+    spec = tmp_path / "ens.json"
+    save_ensemble_spec(spec, [str(tiny_checkpoint)] * 2, np.array([1.0, 3.0]), "none", "test")
+    card_path = tmp_path / "ens_card.json"
+    proc = ship(run_ferkit, spec, card_path, tiny_real_csv, "--tta", "none")
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(card_path.read_text())
+    assert [m["weight"] for m in card["members"]] == [0.25, 0.75]
+    faces = load_dataset(tiny_real_csv).images[:32]
+    ensemble, _ = load_predictor(spec, "cpu")
+    shipped, tta = load_predictor(card_path, "cpu")
+    assert tta == "none" and len(shipped.members) == 2
+    assert np.abs(ensemble.predict(faces) - shipped.predict(faces)).max() < 5e-3
+
+
+def test_damaged_or_missing_weights_and_foreign_cards_are_one_line_errors(
+    tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit
+) -> None:
+    card_path = tmp_path / "model.json"
+    assert ship(run_ferkit, tiny_checkpoint, card_path, tiny_real_csv).returncode == 0
+    weights = card_path.with_suffix(".safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text('{"format": "something-else"}')
+    cases = {card_path: "checksum differs", foreign: "neither a ferkit ensemble spec nor a model card"}
+    for path, message in cases.items():
+        proc = run_ferkit("evaluate", "--model_path", path, "--data", tiny_real_csv, "--wandb", "disabled")
+        assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and str(path.name) in proc.stderr
+    weights.unlink()
+    face = tmp_path / "face.png"
+    Image.fromarray(load_dataset(tiny_real_csv).images[0]).save(face)
+    proc = run_ferkit("predict", "--model_path", card_path, "--no-detect", face)
+    assert proc.returncode == 1 and "is missing" in proc.stderr
+    proc = ship(run_ferkit, tiny_checkpoint, tmp_path / "card.txt", tiny_real_csv)
+    assert proc.returncode == 1 and "--output" in proc.stderr
+
+
+def test_the_shipped_model_is_small_and_its_card_matches_evaluate(real_data_path, run_ferkit) -> None:
+    card = json.loads(SHIPPED_CARD.read_text())
+    weights = SHIPPED_CARD.parent / card["weights"]
+    assert weights.stat().st_size <= SHIPPED_MAX_BYTES
+    assert card["training_command"] and card["commit"] and card["date"]
+    # no --model_path: the shipped model, with its default TTA, on the real PrivateTest
+    report = evaluate_json(run_ferkit, real_data_path, "PrivateTest")
+    assert report["model_path"] == str(SHIPPED_CARD) and report["tta"] == card["tta"]
+    assert report["num_images"] == 3589
+    assert report["accuracy"] == pytest.approx(card["accuracy"]["PrivateTest"][card["tta"]], abs=1e-6)

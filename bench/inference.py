@@ -22,10 +22,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ferkit.data import load_dataset
+from ferkit.data.transforms import BatchTransform
+from ferkit.engine import predict_probs
 from ferkit.export import OnnxPredictor, export_onnx
-from ferkit.inference import load_predictor, resolve_model_path
+from ferkit.inference import CheckpointModel, Ensemble, combine, load_predictor, resolve_model_path
 from ferkit.predict import predict_image
 
 FER_PADDING, FER_OFFSET, FER_SIZE = 40, 10, 64  # fer.FER's defaults
@@ -71,6 +74,28 @@ class FerModel:
             crops.append(padded[max(0, y1) : y1 + h + 2 * FER_OFFSET, max(0, x1) : x1 + w + 2 * FER_OFFSET])
         probs = self.predict(np.array([cv2.resize(c, (FER_SIZE, FER_SIZE)) for c in crops])) if crops else []
         return [{"box": b, "probabilities": p} for b, p in zip(boxes, probs, strict=True)]
+
+
+class Bf16Predictor:
+    """A ferkit predictor's members run under bf16 autocast with channels-last weights (CPUs with bf16)."""
+
+    def __init__(self, predictor: CheckpointModel | Ensemble) -> None:
+        self.members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+        self.weights = predictor.weights if isinstance(predictor, Ensemble) else np.ones(1)
+        for m in self.members:
+            m.model.to(memory_format=torch.channels_last)
+        self.transforms = [
+            BatchTransform(tuple(m.ckpt["input_size"]), m.ckpt["mean"], m.ckpt["std"], channels_last=True)
+            for m in self.members
+        ]
+
+    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
+        x = torch.from_numpy(images)
+        member_probs = [
+            predict_probs(m.model, x, t, batch_size, torch.bfloat16, tta=tta).double().numpy()
+            for m, t in zip(self.members, self.transforms, strict=True)
+        ]
+        return combine(member_probs, self.weights)
 
 
 def faces_per_second(
@@ -127,6 +152,8 @@ def main() -> None:
         for name, model, mode in (
             ("ferkit, PyTorch", torch_model, tta),
             ("ferkit, PyTorch", torch_model, "none"),
+            ("ferkit, PyTorch bf16", Bf16Predictor(load_predictor(model_path, "cpu")[0]), tta),
+            ("ferkit, PyTorch bf16", Bf16Predictor(load_predictor(model_path, "cpu")[0]), "none"),
             ("ferkit, ONNX Runtime", onnx_model, tta),
             ("ferkit, ONNX Runtime", onnx_model, "none"),
         ):

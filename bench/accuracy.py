@@ -18,7 +18,6 @@ import csv
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from datetime import date
@@ -30,6 +29,7 @@ from ferkit.cli import main as ferkit
 from ferkit.data import load_dataset
 from ferkit.engine import cpu_has_bf16
 from ferkit.evaluate import evaluate_ensemble, evaluate_model
+from ferkit.model_card import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.csv"
@@ -45,11 +45,6 @@ def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
     return f"{os.cpu_count()}-core {platform.machine()} CPU{' (bf16)' if cpu_has_bf16() else ''}"
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def accuracies(model_path: str, ds, ensemble: list[str] | None = None, weights: str = "uniform") -> dict:
@@ -106,7 +101,7 @@ def run_recipe(args: argparse.Namespace) -> None:
     best = max(metrics, key=lambda r: float(r["val_acc"]))
     row = {
         "recipe": args.recipe,
-        "commit": commit(),
+        "commit": git_commit(),
         "date": date.today().isoformat(),
         "machine": machine(),
         "minutes": round(sum(float(r["time"]) for r in metrics) / 60, 1),
@@ -124,7 +119,7 @@ def run_ensemble(args: argparse.Namespace) -> None:
     ds = load_dataset(args.data)
     row = {
         "recipe": name,
-        "commit": commit(),
+        "commit": git_commit(),
         "date": date.today().isoformat(),
         "machine": machine(),
         "minutes": "",

@@ -142,6 +142,7 @@ def main() -> None:
     public = ds.split("PublicTest", labelled_only=True)
     model_path = resolve_model_path(args.model_path)
     torch_model, tta = load_predictor(model_path, "cpu")
+    bf16_model = Bf16Predictor(load_predictor(model_path, "cpu")[0])  # its own copy: channels-last weights
     fer = FerModel()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,8 +153,8 @@ def main() -> None:
         for name, model, mode in (
             ("ferkit, PyTorch", torch_model, tta),
             ("ferkit, PyTorch", torch_model, "none"),
-            ("ferkit, PyTorch bf16", Bf16Predictor(load_predictor(model_path, "cpu")[0]), tta),
-            ("ferkit, PyTorch bf16", Bf16Predictor(load_predictor(model_path, "cpu")[0]), "none"),
+            ("ferkit, PyTorch bf16", bf16_model, tta),
+            ("ferkit, PyTorch bf16", bf16_model, "none"),
             ("ferkit, ONNX Runtime", onnx_model, tta),
             ("ferkit, ONNX Runtime", onnx_model, "none"),
         ):

@@ -93,7 +93,13 @@ def test_damaged_or_missing_weights_and_foreign_cards_are_one_line_errors(
     weights.write_bytes(bytes(data))
     foreign = tmp_path / "foreign.json"
     foreign.write_text('{"format": "something-else"}')
-    cases = {card_path: "checksum differs", foreign: "neither a ferkit ensemble spec nor a model card"}
+    incomplete = tmp_path / "incomplete.json"
+    incomplete.write_text('{"format": "ferkit-model-card", "members": [{"arch": "cnn"}]}')
+    cases = {
+        card_path: "checksum differs",
+        foreign: "neither a ferkit ensemble spec nor a model card",
+        incomplete: "incomplete model card (missing: weights, class_names, members[0].model_args",
+    }
     for path, message in cases.items():
         proc = run_ferkit("evaluate", "--model_path", path, "--data", tiny_real_csv, "--wandb", "disabled")
         assert proc.returncode == 1 and message in proc.stderr, proc.stderr

@@ -110,13 +110,22 @@ def save_ensemble_spec(
     path.write_text(json.dumps(spec, indent=2) + "\n")
 
 
-def load_ensemble_spec(path: Path) -> tuple[list[str], np.ndarray, str]:
-    """Member paths (resolved against the spec's folder), weights and default TTA of a saved spec."""
+def read_model_json(path: Path) -> dict[str, Any]:
+    """The JSON object of an ensemble spec or model card; FerkitError naming the file otherwise."""
+    if not path.is_file():
+        raise FerkitError(f"{path}: model file not found")
     try:
-        spec = json.loads(path.read_text())
+        obj = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FerkitError(f"{path}: not a readable ensemble spec ({e.__class__.__name__})") from None
-    if not isinstance(spec, dict) or spec.get("format") != ENSEMBLE_FORMAT:
+        raise FerkitError(f"{path}: not a readable JSON model file ({e.__class__.__name__})") from None
+    if not isinstance(obj, dict):
+        raise FerkitError(f"{path}: neither a ferkit ensemble spec nor a model card")
+    return obj
+
+
+def ensemble_spec_members(spec: dict[str, Any], path: Path) -> tuple[list[str], np.ndarray, str]:
+    """Member paths (resolved against the spec's folder), weights and default TTA of a saved spec."""
+    if spec.get("format") != ENSEMBLE_FORMAT:
         raise FerkitError(
             f"{path}: neither a ferkit ensemble spec nor a model card (no 'format: {ENSEMBLE_FORMAT}')"
         )
@@ -148,11 +157,12 @@ def load_predictor(path: str | Path, device: str = "auto") -> tuple[CheckpointMo
     """A checkpoint (.pth), an ensemble spec or a model card (.json), and its default TTA."""
     dev = select_device(device)
     if is_ensemble_spec(path):
-        from ferkit.model_card import is_model_card, load_model_card, read_json
+        from ferkit.model_card import is_model_card, model_from_card
 
         p = Path(path)
-        if is_model_card(read_json(p)):
-            return load_model_card(p, dev)
-        paths, weights, tta = load_ensemble_spec(p)
+        spec = read_model_json(p)
+        if is_model_card(spec):
+            return model_from_card(spec, p, dev)
+        paths, weights, tta = ensemble_spec_members(spec, p)
         return Ensemble([CheckpointModel.load(m, dev) for m in paths], weights), tta
     return CheckpointModel.load(path, dev), "none"

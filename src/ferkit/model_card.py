@@ -30,19 +30,7 @@ from ferkit.inference import CheckpointModel, Ensemble, load_predictor
 CARD_FORMAT = "ferkit-model-card"
 SHIPPED_CARD = Path(__file__).resolve().parent / "weights" / "ferkit-fer2013.json"
 MEMBER_KEYS = ("arch", "model_args", "input_size", "mean", "std")
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from `path`; FerkitError naming the file when it is missing or not JSON."""
-    if not path.is_file():
-        raise FerkitError(f"{path}: model file not found")
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FerkitError(f"{path}: not a readable JSON model file ({e.__class__.__name__})") from None
-    if not isinstance(obj, dict):
-        raise FerkitError(f"{path}: not a ferkit model card or ensemble spec")
-    return obj
+CARD_KEYS = ("weights", "members", "class_names")
 
 
 def is_model_card(obj: dict[str, Any]) -> bool:
@@ -53,18 +41,25 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def load_model_card(path: str | Path, device: torch.device) -> tuple[CheckpointModel | Ensemble, str]:
-    """The card's model (one member: a CheckpointModel, several: an Ensemble) and its default TTA."""
+def model_from_card(
+    card: dict[str, Any], card_path: Path, device: torch.device
+) -> tuple[CheckpointModel | Ensemble, str]:
+    """The model a card (read from `card_path`) describes: one member, a CheckpointModel; several, an
+    Ensemble; and its default TTA."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    card_path = Path(path)
-    card = read_json(card_path)
-    if not is_model_card(card):
-        raise FerkitError(f"{card_path}: not a ferkit model card (no 'format: {CARD_FORMAT}')")
-    if list(card.get("class_names", [])) != list(CLASS_NAMES):
+    missing = [k for k in CARD_KEYS if k not in card] + [
+        f"members[{i}].{k}"
+        for i, m in enumerate(card.get("members") or [])
+        for k in (*MEMBER_KEYS, "weight")
+        if k not in m
+    ]
+    if missing or not card.get("members"):
+        raise FerkitError(f"{card_path}: incomplete model card (missing: {', '.join(missing) or 'members'})")
+    if list(card["class_names"]) != list(CLASS_NAMES):
         raise FerkitError(
-            f"{card_path}: model classes {card.get('class_names')} do not match FER2013's {list(CLASS_NAMES)}"
+            f"{card_path}: model classes {card['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
         )
     weights_path = card_path.parent / card["weights"]
     if not weights_path.is_file():

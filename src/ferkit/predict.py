@@ -421,15 +421,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="emotions of the faces in images, folders and videos",
-        description="Find faces (OpenCV Haar cascade) and classify their expressions. Folders are read "
-        "non-recursively (images and videos, sorted by name); videos are sampled once a second. A bad file "
-        "is reported on stderr and the others still run; the exit code is non-zero only if none succeeded.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them")
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model_path and --backend, as `predict` and `serve` take them."""
     p.add_argument(
         "--model_path",
         "--model-path",
@@ -443,6 +436,18 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         default="torch",
         help="torch (checkpoint or ensemble spec) or onnx (an exported .onnx on ONNX Runtime, CPU)",
     )
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="emotions of the faces in images, folders and videos",
+        description="Find faces (OpenCV Haar cascade) and classify their expressions. Folders are read "
+        "non-recursively (images and videos, sorted by name); videos are sampled once a second. A bad file "
+        "is reported on stderr and the others still run; the exit code is non-zero only if none succeeded.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them")
+    add_model_args(p)
     p.add_argument("--format", choices=FORMATS, default="text", help="text (a line per face), json, csv")
     p.add_argument(
         "--annotate", metavar="OUT_DIR", help="write a copy of each image with labelled boxes here"

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.errors import FerkitError
-from ferkit.predict import BACKENDS, COLORS, describe_model, load_model, predict_image
+from ferkit.predict import COLORS, add_model_args, describe_model, load_model, predict_image
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of the image itself
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and headers around it
@@ -272,19 +272,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
         "`ferkit predict --format json` for one image; ?detect=false for a ready-cropped face), GET /health. "
         f"Uploads are limited to {MAX_UPLOAD // 2**20} MB. Needs {INSTALL_HINT}.",
     )
-    p.add_argument(
-        "--model_path",
-        "--model-path",
-        default=None,
-        help="checkpoint (.pth), ensemble spec or model card (.json); with --backend onnx an .onnx from "
-        "`ferkit export` (default: the shipped model)",
-    )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="torch (checkpoint or ensemble spec) or onnx (an exported .onnx on ONNX Runtime, CPU)",
-    )
+    add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torch backend)")

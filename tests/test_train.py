@@ -129,10 +129,12 @@ def test_bad_yaml_and_data_without_publictest(
     one_line_error(train(run_ferkit, only_train, tmp_path / "b", *FAST), "PublicTest")
 
 
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
 def test_resume_after_sigkill_matches_uninterrupted_run(
-    run_ferkit, tiny_real_csv: Path, tmp_path: Path
+    run_ferkit, tiny_real_csv: Path, tmp_path: Path, ema: list[str]
 ) -> None:
     args = [
+        *ema,
         "--epochs",
         "3",
         "--batch_size",
@@ -164,12 +166,30 @@ def test_resume_after_sigkill_matches_uninterrupted_run(
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     for got, want in zip(rows, ref_rows, strict=True):
         assert got["val_acc"] == want["val_acc"] and got["train_loss"] == want["train_loss"]
-    a, b = load_checkpoint(out / "last.pth")["model"], load_checkpoint(ref / "last.pth")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("last.pth", "best.pth"):
+        a, b = load_checkpoint(out / name)["model"], load_checkpoint(ref / name)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
     # a finished run resumed again does nothing more, and a fresh run refuses to overwrite it
     assert train(run_ferkit, tiny_real_csv, out, *args, "--resume").returncode == 0
     assert len(metrics_rows(out)) == 3
     one_line_error(train(run_ferkit, tiny_real_csv, out, *args), "--resume")
+
+
+def test_ema_weights_are_validated_and_saved_as_best(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ema"
+    assert train(run_ferkit, tiny_real_csv, out, *FAST, "--ema", "0.5").returncode == 0
+    last, best = load_checkpoint(out / "last.pth"), load_checkpoint(out / "best.pth")
+    averaged = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    assert last["ema"]["n_averaged"].item() == 3  # one update per optimizer step
+    assert all(torch.equal(best["model"][k], averaged[k]) for k in best["model"])
+    assert not torch.equal(best["model"]["classifier.6.weight"], last["model"]["classifier.6.weight"])
+    one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--ema", "1"), "--ema 1")
+    plain = tmp_path / "plain"
+    assert train(run_ferkit, tiny_real_csv, plain, *FAST).returncode == 0
+    one_line_error(
+        train(run_ferkit, tiny_real_csv, plain, *FAST, "--epochs", "2", "--ema", "0.5", "--resume"),
+        "without --ema",
+    )
 
 
 def test_resume_with_another_architecture_is_refused(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:

@@ -230,7 +230,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--model_path",
         "--model-path",
-        help="checkpoint, ensemble spec or model card (default: the model shipped with ferkit)",
+        help="checkpoint, ensemble spec, model card or a shipped model's name (default: ferkit-fer2013)",
     )
     ev.add_argument(
         "--tta",

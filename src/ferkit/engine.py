@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from ferkit.checkpoint import atomic_save, load_checkpoint, model_payload
@@ -127,9 +128,10 @@ def train_one_epoch(
     rank: int = 0,
     world: int = 1,
     deadline: float | None = None,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass over the training images (cut short at `deadline`, a perf_counter time); returns mean loss,
-    accuracy, images/s."""
+    """One pass over the training images (cut short at `deadline`, a perf_counter time), updating `ema` after
+    each step; returns mean loss, accuracy, images/s."""
     model.train()
     device = images.device
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -168,6 +170,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if ema is not None:
+            ema.update_parameters(unwrap(model))
         n = len(idx)
         total_loss += loss.item() * n
         correct += (logits.argmax(1) == y_hard).sum().item()
@@ -297,6 +301,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
     if cfg.distill > 1:
         raise FerkitError(f"--distill {cfg.distill}: the teacher's share must be between 0 and 1")
+    if cfg.ema >= 1:
+        raise FerkitError(f"--ema {cfg.ema}: the decay must be below 1 (0.999 is usual; 0: off)")
     if cfg.resume and not cfg.output_dir:
         raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
     out = Path(cfg.output_dir) if cfg.output_dir else timestamped_run_dir(cfg.model)
@@ -340,6 +346,10 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     weights = class_weights(train.labels, cfg.class_weights)
     loss_weight = None if cfg.class_weights == "none" else torch.from_numpy(weights).to(device)
     optimizer = build_optimizer(model, cfg)
+    # the moving average (if any) is what is validated and saved as best.pth; last.pth keeps both
+    ema = None
+    if cfg.ema:
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
     plateau = Plateau(cfg.plateau_patience, cfg.gamma)
     set_epoch_lr = lr_setter(optimizer, cfg, plateau)
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -354,6 +364,10 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             raise FerkitError(f"--resume: {out / 'last.pth'} is a {ckpt['arch']}, not a {cfg.model}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            if ckpt.get("ema") is None:
+                raise FerkitError(f"--resume --ema: {out / 'last.pth'} was trained without --ema")
+            ema.load_state_dict(ckpt["ema"])
         for k, v in ckpt["plateau"].items():
             setattr(plateau, k, v)
         if scaler is not None and ckpt.get("scaler"):
@@ -392,7 +406,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     )
 
     def save(path: Path, epoch: int, resumable: bool) -> None:
-        ckpt = model_payload(unwrap(model), CLASS_NAMES) | {
+        weights = ema.module if ema is not None and not resumable else unwrap(model)
+        ckpt = model_payload(weights, CLASS_NAMES) | {
             "config": cfg.to_dict(),
             "epoch": epoch,
             "best_acc": best_acc,
@@ -405,6 +420,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 "optimizer": optimizer.state_dict(),
                 "plateau": asdict(plateau),
                 "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.state_dict() if ema is not None else None,
             }
         atomic_save(ckpt, path)
 
@@ -453,9 +469,16 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 rank,
                 world,
                 deadline,
+                ema,
             )
             va = evaluate(
-                unwrap(model), val_images, val_labels, eval_tf, cfg.eval_batch_size, dtype, cfg.limit_batches
+                ema.module if ema is not None else unwrap(model),
+                val_images,
+                val_labels,
+                eval_tf,
+                cfg.eval_batch_size,
+                dtype,
+                cfg.limit_batches,
             )
             if cfg.scheduler == "plateau":
                 plateau.step(va["acc"])

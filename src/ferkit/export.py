@@ -396,12 +396,9 @@ def preflight(model_path: str, output: Path, opset: int | None = None) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     if args.check_images < 1:
         raise FerkitError(f"--check_images {args.check_images}: must be at least 1")
-    if args.model_path:
-        model_path = args.model_path
-    else:
-        from ferkit.inference import resolve_model_path
+    from ferkit.inference import resolve_model_path
 
-        model_path = resolve_model_path(None)
+    model_path = resolve_model_path(args.model_path)
     preflight(model_path, Path(args.output), args.opset)
     faces, what = parity_faces(args.data, args.skip_bad_rows, args.check_images)
     result = export_onnx(model_path, Path(args.output), args.opset, faces)
@@ -423,7 +420,8 @@ def add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--model_path",
         "--model-path",
         default=None,
-        help="checkpoint (.pth), ensemble spec or model card (.json) (default: the shipped model)",
+        help="checkpoint (.pth), ensemble spec, model card (.json) or a shipped model's name "
+        "(default: ferkit-fer2013)",
     )
     ex.add_argument("--output", "-o", required=True, help="ONNX file to write, e.g. model.onnx")
     ex.add_argument(

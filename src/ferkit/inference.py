@@ -141,11 +141,17 @@ def is_ensemble_spec(path: str | Path) -> bool:
 
 
 def resolve_model_path(path: str | None) -> str:
-    """The model a command uses: `path`, else the model card of the model shipped with ferkit."""
-    if path:
-        return str(path)
-    from ferkit.model_card import SHIPPED_CARD
+    """The model a command uses: `path`; the card of a model shipped with ferkit when `path` is its name
+    (`ferkit-fer2013`, `ferkit-fer2013-fast`) rather than a file; None: the default shipped model."""
+    from ferkit.model_card import SHIPPED_CARD, shipped_models
 
+    if path:
+        shipped = shipped_models()
+        if Path(path).exists() or Path(path).suffix:
+            return str(path)
+        if str(path) not in shipped:
+            raise FerkitError(f"{path}: neither a model file nor a shipped model ({', '.join(shipped)})")
+        return str(shipped[str(path)])
     if not SHIPPED_CARD.is_file():
         raise FerkitError(
             f"the shipped model is missing from this install ({SHIPPED_CARD}): pass --model_path"

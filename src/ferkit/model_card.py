@@ -28,13 +28,19 @@ from ferkit.errors import FerkitError
 from ferkit.inference import CheckpointModel, Ensemble, load_predictor
 
 CARD_FORMAT = "ferkit-model-card"
-SHIPPED_CARD = Path(__file__).resolve().parent / "weights" / "ferkit-fer2013.json"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_CARD = SHIPPED_DIR / "ferkit-fer2013.json"  # the default model
 MEMBER_KEYS = ("arch", "model_args", "input_size", "mean", "std")
 CARD_KEYS = ("weights", "members", "class_names")
 
 
 def is_model_card(obj: dict[str, Any]) -> bool:
     return obj.get("format") == CARD_FORMAT
+
+
+def shipped_models() -> dict[str, Path]:
+    """The model cards shipped inside ferkit, by name (the card's file name without `.json`)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.json"))}
 
 
 def sha256(path: Path) -> str:

@@ -427,8 +427,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--model_path",
         "--model-path",
         default=None,
-        help="checkpoint (.pth), ensemble spec or model card (.json); with --backend onnx an .onnx from "
-        "`ferkit export` (default: the shipped model)",
+        help="checkpoint (.pth), ensemble spec, model card (.json) or a shipped model's name "
+        "(ferkit-fer2013, ferkit-fer2013-fast); with --backend onnx an .onnx from `ferkit export` "
+        "(default: ferkit-fer2013)",
     )
     p.add_argument(
         "--backend",

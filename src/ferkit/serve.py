@@ -158,13 +158,10 @@ def create_app(
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    predictor, default_tta = load_model(model_path, backend, device)
-    if model_path:
-        shown = str(model_path)
-    else:
-        from ferkit.inference import resolve_model_path
+    from ferkit.inference import resolve_model_path
 
-        shown = resolve_model_path(None)
+    predictor, default_tta = load_model(model_path, backend, device)
+    shown = resolve_model_path(model_path)
     tta = tta or default_tta
     lock = threading.Lock()
     html = page_html()

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Rebuild the model that ships inside ferkit (src/ferkit/weights/ferkit-fer2013.*), end to end:
+# Rebuild the models that ship inside ferkit (src/ferkit/weights/ferkit-fer2013{,-fast}.*), end to end:
 #   FERKIT_DATA=../shared/data/fer2013.csv.gz bash bench/ship.sh [RUNS_DIR] [CARD]
 # 1. the cnn recipe (50 epochs) and the cpu60 recipe (57 minutes of wall time),
 # 2. their PublicTest-weighted ensemble as the teacher, distilled into a third model (cpu60_distilled),
-# 3. the three soft-voting with weights fitted on PublicTest, flip TTA, written with `ferkit ship`.
-# About three hours on a 2-core CPU. A finished step is skipped; an interrupted training resumes.
+# 3. the three soft-voting with weights fitted on PublicTest, flip TTA, written with `ferkit ship`: CARD,
+# 4. CARD distilled into the width-16 fast recipe (50 minutes), shipped single-crop as CARD's `-fast` twin.
+# About four hours on a 2-core CPU. A finished step is skipped; an interrupted training resumes.
 # PrivateTest is never read for a choice: checkpoints and ensemble weights come from PublicTest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +36,6 @@ train cpu60_distilled --teacher "$runs/teacher.json"
 ensemble "$runs/shipped.json" "$runs/cnn/best.pth" "$runs/cpu60/best.pth" "$runs/cpu60_distilled/best.pth"
 ferkit ship --model_path "$runs/shipped.json" --output "$card" --tta flip --name ferkit-fer2013 \
     --command "FERKIT_DATA=fer2013.csv.gz bash bench/ship.sh"
+train fast --teacher "$card"
+ferkit ship --model_path "$runs/fast/best.pth" --output "${card%.json}-fast.json" --tta none \
+    --name ferkit-fer2013-fast --command "FERKIT_DATA=fer2013.csv.gz bash bench/ship.sh"

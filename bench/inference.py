@@ -169,10 +169,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         photo = make_photo(public.images[list(PHOTO_FACES)], Path(tmp) / "photo.jpg")
         for model_path in model_paths:
-            model_rows_, found[Path(model_path).stem] = model_rows(
+            more, found[Path(model_path).stem] = model_rows(
                 model_path, test, public, photo, Path(tmp), args.runs
             )
-            rows += model_rows_
+            rows += more
         probs, speed = faces_per_second(fer.predict, test.images)
         latency = median_ms(lambda: fer.photo(photo), args.runs)
         rows.append(

@@ -190,6 +190,7 @@ def test_ema_weights_are_validated_and_saved_as_best(run_ferkit, tiny_real_csv: 
         train(run_ferkit, tiny_real_csv, plain, *FAST, "--epochs", "2", "--ema", "0.5", "--resume"),
         "without --ema",
     )
+    one_line_error(train(run_ferkit, tiny_real_csv, out, *FAST, "--epochs", "2", "--resume"), "with --ema")
 
 
 def test_resume_with_another_architecture_is_refused(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:

@@ -68,10 +68,10 @@ class TrainConfig:
     class_weights: str = option("none", "class-weighted loss", ("none", "inverse", "effective"))
     augment: str = option("standard", "augmentation preset", ("none", "flip", "standard", "strong"))
     mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
+    cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     ema: float = option(
         0.0, "decay of a moving average of the weights, which is validated and saved (0: off)", minimum=0.0
     )
-    cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     freeze_epochs: int = option(0, "train only the head for this many epochs (fine-tuning)", minimum=0)
     backbone_lr_scale: float = option(0.1, "backbone LR factor after unfreezing (fine-tuning)", minimum=0.0)
     time_budget: float = option(

@@ -364,9 +364,12 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             raise FerkitError(f"--resume: {out / 'last.pth'} is a {ckpt['arch']}, not a {cfg.model}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if (ckpt.get("ema") is None) != (ema is None):
+            trained = "without" if ema is not None else "with"
+            raise FerkitError(
+                f"--resume: {out / 'last.pth'} was trained {trained} --ema; resume with the same --ema"
+            )
         if ema is not None:
-            if ckpt.get("ema") is None:
-                raise FerkitError(f"--resume --ema: {out / 'last.pth'} was trained without --ema")
             ema.load_state_dict(ckpt["ema"])
         for k, v in ckpt["plateau"].items():
             setattr(plateau, k, v)

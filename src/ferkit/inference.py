@@ -146,12 +146,12 @@ def resolve_model_path(path: str | None) -> str:
     from ferkit.model_card import SHIPPED_CARD, shipped_models
 
     if path:
-        shipped = shipped_models()
         if Path(path).exists() or Path(path).suffix:
             return str(path)
-        if str(path) not in shipped:
+        shipped = shipped_models()
+        if path not in shipped:
             raise FerkitError(f"{path}: neither a model file nor a shipped model ({', '.join(shipped)})")
-        return str(shipped[str(path)])
+        return str(shipped[path])
     if not SHIPPED_CARD.is_file():
         raise FerkitError(
             f"the shipped model is missing from this install ({SHIPPED_CARD}): pass --model_path"

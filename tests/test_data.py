@@ -586,6 +586,11 @@ def test_ferplus_on_small_file(tmp_path, make_fer_csv, monkeypatch):
     assert ds.split("Training", labelled_only=True).labels.tolist() == [2]
     # explicit path beats $FERKIT_FERPLUS beats beside-the-data
     assert load_dataset(rows.path, labels="ferplus", ferplus=fp).labels.tolist() == [-1, 2, -1, 1, -1]
+    # votes=True: the FER2013 labels stay, the vote distributions come along (zero rows: no 7-class votes)
+    kept = load_dataset(rows.path, ferplus=fp, votes=True)
+    np.testing.assert_array_equal(kept.labels, rows.labels)
+    np.testing.assert_array_equal(kept.soft_labels, ds.soft_labels)
+    assert any("2 rows have none" in n for n in kept.notes)
 
 
 def test_ferplus_errors(tmp_path, make_fer_csv, monkeypatch):

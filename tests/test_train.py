@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -327,6 +328,40 @@ def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpo
     expected = 0.25 * probs + 0.75 * torch.nn.functional.one_hot(labels, 7).float()
     assert torch.allclose(targets, expected, atol=1e-6)
     assert torch.allclose(targets.sum(1), torch.ones(len(labels)), atol=1e-5)
+
+
+def test_vote_targets_mix_ferplus_votes_with_labels(real_data_path, real_ferplus_path) -> None:
+    from ferkit.data import load_dataset
+    from ferkit.engine import vote_targets
+
+    train_split = load_dataset(real_data_path, ferplus=real_ferplus_path, votes=True).split("Training")
+    targets = vote_targets(0.25, train_split.labels, train_split.soft_labels).numpy()
+    onehot = np.eye(7, dtype=np.float32)[train_split.labels]
+    voted = train_split.soft_labels.sum(1) > 0
+    assert 28000 < voted.sum() < len(voted)  # some faces have no FER+ votes for a FER2013 class
+    np.testing.assert_allclose(targets[voted], 0.25 * train_split.soft_labels[voted] + 0.75 * onehot[voted])
+    np.testing.assert_array_equal(targets[~voted], onehot[~voted])
+    np.testing.assert_allclose(targets.sum(1), 1.0, rtol=1e-6)
+
+
+def test_train_with_ferplus_votes_and_its_bad_options(
+    run_ferkit, real_data_path, real_ferplus_path, tiny_real_csv, tmp_path
+) -> None:
+    one_epoch = [*FAST, "--limit_batches", "2", "--ferplus", real_ferplus_path]
+    plain = train(run_ferkit, real_data_path, tmp_path / "plain", *one_epoch)
+    voted = train(run_ferkit, real_data_path, tmp_path / "voted", *one_epoch, "--ferplus_votes", "0.5")
+    assert plain.returncode == 0 and voted.returncode == 0, plain.stderr + voted.stderr
+    assert yaml.safe_load((tmp_path / "voted/config.yaml").read_text())["ferplus_votes"] == 0.5
+    # the same seed and batches (training is deterministic, see the resume test): only the targets differ
+    loss = {run: metrics_rows(tmp_path / run)[0]["train_loss"] for run in ("plain", "voted")}
+    assert loss["voted"] != loss["plain"]
+    bad = {
+        ("--ferplus_votes", "1.5"): "--ferplus_votes 1.5",
+        ("--ferplus_votes", "0.5", "--labels", "ferplus"): "with --labels ferplus use --soft_labels",
+        ("--soft_labels",): "--soft_labels trains on FER+ vote distributions: add --labels ferplus",
+    }
+    for i, (args, needle) in enumerate(bad.items()):
+        one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / f"bad{i}", *FAST, *args), needle)
 
 
 def test_train_with_a_teacher_and_its_bad_options(

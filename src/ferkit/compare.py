@@ -44,6 +44,9 @@ def recipe(cfg: TrainConfig) -> str:
         "ls": cfg.label_smoothing,
         "mixup": cfg.mixup,
         "cutmix": cfg.cutmix,
+        "ema": cfg.ema,
+        "distill": cfg.distill if cfg.teacher else 0.0,
+        "ferplus_votes": cfg.ferplus_votes,
     }
     parts += [f"{name}={value:g}" for name, value in extras.items() if value]
     if cfg.class_weights != "none":

@@ -41,6 +41,11 @@ class TrainConfig:
     labels: str = option("fer2013", "label source", ("fer2013", "ferplus"))
     ferplus: str = option("", "FER+ fer2013new.csv (default: $FERKIT_FERPLUS or beside the data)")
     soft_labels: bool = option(False, "train on FER+ vote distributions instead of majority labels")
+    ferplus_votes: float = option(
+        0.0,
+        "with FER2013 labels: the FER+ vote distributions' share of the targets (the rest: labels), 0 to 1",
+        minimum=0.0,
+    )
     teacher: str = option(
         "", "distil from this model (checkpoint, ensemble .json or model card): its flip-TTA probabilities"
     )

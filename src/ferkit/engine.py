@@ -287,6 +287,14 @@ def distillation_targets(cfg: TrainConfig, faces: np.ndarray, targets: torch.Ten
     return cfg.distill * probs + (1 - cfg.distill) * labels
 
 
+def vote_targets(share: float, labels: np.ndarray, votes: np.ndarray) -> torch.Tensor:
+    """`share` x each face's FER+ vote distribution + the rest x its FER2013 label; a face without
+    FER+ votes keeps its label."""
+    onehot = F.one_hot(torch.from_numpy(labels), len(CLASS_NAMES)).float()
+    dist = torch.from_numpy(votes).float()
+    return torch.where(dist.sum(1, keepdim=True) > 0, share * dist + (1 - share) * onehot, onehot)
+
+
 def timestamped_run_dir(name: str) -> Path:
     """runs/<YYYYmmdd-HHMMSS>-<name>: the default folder of a train or evaluate run."""
     return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
@@ -301,6 +309,10 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
     if cfg.distill > 1:
         raise FerkitError(f"--distill {cfg.distill}: the teacher's share must be between 0 and 1")
+    if cfg.ferplus_votes > 1:
+        raise FerkitError(f"--ferplus_votes {cfg.ferplus_votes}: the votes' share must be between 0 and 1")
+    if cfg.ferplus_votes and cfg.labels == "ferplus":
+        raise FerkitError("--ferplus_votes is for FER2013 labels; with --labels ferplus use --soft_labels")
     if cfg.ema >= 1:
         raise FerkitError(f"--ema {cfg.ema}: the decay must be below 1 (0.999 is usual; 0: off)")
     if cfg.resume and not cfg.output_dir:
@@ -310,11 +322,15 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("multi-process training needs --output_dir (every process must agree on it)")
 
     # data: all of it on the device as uint8; batches are index tensors
+    if cfg.soft_labels and cfg.labels != "ferplus":
+        raise FerkitError("--soft_labels trains on FER+ vote distributions: add --labels ferplus")
     ds = load_dataset(
-        cfg.data or None, skip_bad_rows=cfg.skip_bad_rows, labels=cfg.labels, ferplus=cfg.ferplus or None
+        cfg.data or None,
+        skip_bad_rows=cfg.skip_bad_rows,
+        labels=cfg.labels,
+        ferplus=cfg.ferplus or None,
+        votes=cfg.ferplus_votes > 0,
     )
-    if cfg.soft_labels and ds.soft_labels is None:
-        raise FerkitError("--soft_labels needs FER+ vote distributions: add --labels ferplus")
     train = ds.split("Training", labelled_only=True)
     try:
         val = ds.split("PublicTest", labelled_only=True)
@@ -325,6 +341,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     train_images = torch.from_numpy(train.images).to(device)
     train_labels = torch.from_numpy(train.labels).to(device)
     train_targets = torch.from_numpy(train.soft_labels).to(device) if cfg.soft_labels else train_labels
+    if cfg.ferplus_votes:
+        train_targets = vote_targets(cfg.ferplus_votes, train.labels, train.soft_labels).to(device)
     if cfg.teacher:
         train_targets = distillation_targets(cfg, train.images, train_targets).to(device)
     val_images = torch.from_numpy(val.images).to(device)

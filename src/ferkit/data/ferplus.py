@@ -66,8 +66,8 @@ def majority_and_distribution(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return labels.astype(np.int64), dist
 
 
-def apply_ferplus(ds: FerDataset, path: Path) -> FerDataset:
-    """The same images with FER+ majority labels and vote distributions as soft labels."""
+def votes_of(ds: FerDataset, path: Path) -> np.ndarray:
+    """The FER+ votes of each row of `ds` (the full FER2013 rows, checked by Usage)."""
     votes, usage = read_votes(path)
     if ds.indices.max(initial=-1) >= len(votes) or ds.splits[0] == "test":
         raise FerkitError(
@@ -81,7 +81,12 @@ def apply_ferplus(ds: FerDataset, path: Path) -> FerDataset:
             f"{path}: line {ds.indices[i] + 2}: Usage {str(usage[ds.indices[i]])!r} does not match "
             f"{ds.source} ({str(ds.splits[i])!r}): not the FER+ file of this data"
         )
-    labels, dist = majority_and_distribution(votes[ds.indices])
+    return votes[ds.indices]
+
+
+def apply_ferplus(ds: FerDataset, path: Path) -> FerDataset:
+    """The same images with FER+ majority labels and vote distributions as soft labels."""
+    labels, dist = majority_and_distribution(votes_of(ds, path))
     dropped = int((labels < 0).sum())
     return replace(
         ds,
@@ -91,4 +96,15 @@ def apply_ferplus(ds: FerDataset, path: Path) -> FerDataset:
             *ds.notes,
             f"FER+ labels from {path}: {dropped} rows without a FER2013-class majority dropped",
         ],
+    )
+
+
+def attach_votes(ds: FerDataset, path: Path) -> FerDataset:
+    """The FER2013 labels kept, FER+ vote distributions attached as soft labels (all-zero rows: no votes)."""
+    _, dist = majority_and_distribution(votes_of(ds, path))
+    missing = int((dist.sum(1) == 0).sum())
+    return replace(
+        ds,
+        soft_labels=dist,
+        notes=[*ds.notes, f"FER+ vote distributions from {path}: {missing} rows have none"],
     )

@@ -10,7 +10,7 @@ import numpy as np
 from ferkit.data.cache import cached
 from ferkit.data.csv_reader import read_csv
 from ferkit.data.dataset import FerDataset
-from ferkit.data.ferplus import apply_ferplus
+from ferkit.data.ferplus import apply_ferplus, attach_votes
 from ferkit.data.folder_reader import read_image_folders
 from ferkit.errors import FerkitError
 
@@ -69,12 +69,14 @@ def load_dataset(
     skip_bad_rows: bool = False,
     labels: str = "fer2013",
     ferplus: str | Path | None = None,
+    votes: bool = False,
     cache: bool = True,
 ) -> FerDataset:
     """Load FER2013 from any of its forms (see `resolve_data_path`), cached by content.
 
-    labels="ferplus" replaces the labels by FER+ majority votes (and sets `soft_labels`), reading
-    `ferplus`, else `$FERKIT_FERPLUS`, else `fer2013new.csv` beside the data.
+    labels="ferplus" replaces the labels by FER+ majority votes (and sets `soft_labels`); votes=True keeps
+    the FER2013 labels and sets `soft_labels` to the FER+ vote distributions. Both read `ferplus`, else
+    `$FERKIT_FERPLUS`, else `fer2013new.csv` beside the data.
     """
     src = resolve_data_path(path)
     if not src.is_dir() and not src.is_file():
@@ -83,10 +85,10 @@ def load_dataset(
         ds = cached(src, f"skip={skip_bad_rows}", lambda: _read(src, skip_bad_rows))
     else:
         ds = _read(src, skip_bad_rows)
-    if labels == "fer2013":
-        return ds
-    if labels != "ferplus":
+    if labels not in ("fer2013", "ferplus"):
         raise FerkitError(f"--labels {labels!r}: expected fer2013 or ferplus")
+    if labels == "fer2013" and not votes:
+        return ds
     fp = Path(
         ferplus
         or os.environ.get("FERKIT_FERPLUS")
@@ -94,4 +96,4 @@ def load_dataset(
     )
     if not fp.is_file():
         raise FerkitError(f"{fp}: FER+ labels file not found (pass --ferplus PATH or set FERKIT_FERPLUS)")
-    return apply_ferplus(ds, fp)
+    return apply_ferplus(ds, fp) if labels == "ferplus" else attach_votes(ds, fp)

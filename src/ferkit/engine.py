@@ -313,6 +313,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError(f"--ferplus_votes {cfg.ferplus_votes}: the votes' share must be between 0 and 1")
     if cfg.ferplus_votes and cfg.labels == "ferplus":
         raise FerkitError("--ferplus_votes is for FER2013 labels; with --labels ferplus use --soft_labels")
+    if cfg.soft_labels and cfg.labels != "ferplus":
+        raise FerkitError("--soft_labels trains on FER+ vote distributions: add --labels ferplus")
     if cfg.ema >= 1:
         raise FerkitError(f"--ema {cfg.ema}: the decay must be below 1 (0.999 is usual; 0: off)")
     if cfg.resume and not cfg.output_dir:
@@ -322,8 +324,6 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("multi-process training needs --output_dir (every process must agree on it)")
 
     # data: all of it on the device as uint8; batches are index tensors
-    if cfg.soft_labels and cfg.labels != "ferplus":
-        raise FerkitError("--soft_labels trains on FER+ vote distributions: add --labels ferplus")
     ds = load_dataset(
         cfg.data or None,
         skip_bad_rows=cfg.skip_bad_rows,

@@ -156,6 +156,19 @@ def ferkit_train_cmd(data: Path, out: Path, *args: object) -> list[str]:
     return [*base, "--save_best_to", "", *map(str, args)]
 
 
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> str:
+    """A user mistake's ending: a non-zero exit (or exactly `code`), no traceback, and one
+    `ferkit...error:` line on stderr holding every needle; returns that line."""
+    assert proc.returncode != 0 if code is None else proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ferkit") and "error:" in lines[0], lines[0]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture
 def run_ferkit() -> Callable[..., subprocess.CompletedProcess]:
     """Factory: `run_ferkit("data", "info", ..., cwd=None, env=None)` runs `python -m ferkit` for real.

@@ -8,6 +8,7 @@ import types
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error
 from PIL import Image
 from test_data import BAD_CASES, REAL_COUNTS, write_bad
 
@@ -15,16 +16,10 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.cli import main
 
 
-def assert_one_line_error(proc, *parts: str, code: int = 1) -> str:
-    """Exit `code`, nothing on stdout, exactly one `ferkit: error:` line on stderr holding `parts`."""
-    assert proc.returncode == code, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
+def assert_data_error(proc, *parts: str) -> str:
+    """Exit 1, nothing on stdout, and one `ferkit: error:` line on stderr holding `parts`."""
     assert proc.stdout == ""
-    for part in parts:
-        assert part in lines[0]
-    return lines[0]
+    return assert_one_line_error(proc, *parts, code=1)
 
 
 # ---------------------------------------------------------------- bad inputs end in one line
@@ -33,7 +28,7 @@ def assert_one_line_error(proc, *parts: str, code: int = 1) -> str:
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_one_line_error(tmp_path, run_ferkit, case):
     path, parts = write_bad(tmp_path, case)
-    line = assert_one_line_error(run_ferkit("data", "info", path), str(path), *parts)
+    line = assert_data_error(run_ferkit("data", "info", path), str(path), *parts)
     assert line.startswith("ferkit: error: ")
 
 
@@ -41,7 +36,7 @@ def test_bad_input_one_line_error(tmp_path, run_ferkit, case):
 def test_bad_input_one_line_error_in_show(tmp_path, run_ferkit, case):
     path, parts = write_bad(tmp_path, case)
     out = tmp_path / "grid.png"
-    line = assert_one_line_error(run_ferkit("data", "show", path, "--out", out), *parts)
+    line = assert_data_error(run_ferkit("data", "show", path, "--out", out), *parts)
     assert line.startswith("ferkit: error: ") and not out.exists()
 
 
@@ -83,7 +78,7 @@ def test_bad_option_in_process(capsys):
 
 def test_per_class_must_be_positive(tmp_path, run_ferkit, make_fer_csv):
     rows = make_fer_csv(tmp_path / "f.csv")
-    assert_one_line_error(run_ferkit("data", "show", rows.path, "--per-class", "0"), "--per-class 0")
+    assert_data_error(run_ferkit("data", "show", rows.path, "--per-class", "0"), "--per-class 0")
 
 
 # ---------------------------------------------------------------- path resolution
@@ -91,7 +86,7 @@ def test_per_class_must_be_positive(tmp_path, run_ferkit, make_fer_csv):
 
 def test_no_data_anywhere(tmp_path, run_ferkit):
     proc = run_ferkit("data", "info", cwd=tmp_path, env={"FERKIT_DATA": None})
-    assert_one_line_error(proc, "ferkit: error: no FER2013 data found", "--data PATH", "FERKIT_DATA")
+    assert_data_error(proc, "ferkit: error: no FER2013 data found", "--data PATH", "FERKIT_DATA")
 
 
 @pytest.mark.parametrize("name", ["fer2013.csv", "fer2013.csv.gz"])
@@ -112,7 +107,7 @@ def test_env_then_argument(tmp_path, run_ferkit, make_fer_csv):
     proc = run_ferkit("data", "info", "arg.csv", "--format", "json", cwd=tmp_path, env=env)
     assert json.loads(proc.stdout)["total"] == 35
     proc = run_ferkit("data", "info", cwd=tmp_path, env={"FERKIT_DATA": "gone.csv"})
-    assert_one_line_error(proc, "gone.csv (from FERKIT_DATA): no such file or folder")
+    assert_data_error(proc, "gone.csv (from FERKIT_DATA): no such file or folder")
 
 
 # ---------------------------------------------------------------- data info
@@ -183,7 +178,7 @@ def test_real_info_ferplus(real_data_path, real_ferplus_path, run_ferkit, real_d
 
 def test_real_ferplus_wrong_data(tiny_real_csv, real_ferplus_path, run_ferkit):
     proc = run_ferkit("data", "info", tiny_real_csv, "--labels", "ferplus", "--ferplus", real_ferplus_path)
-    assert_one_line_error(proc, "ferkit: error: ", "not the FER+ file of this data")
+    assert_data_error(proc, "ferkit: error: ", "not the FER+ file of this data")
 
 
 # ---------------------------------------------------------------- data show
@@ -218,7 +213,7 @@ def test_show_unwritable_out(tmp_path, run_ferkit, make_fer_csv):
     rows = make_fer_csv(tmp_path / "f.csv")
     (tmp_path / "file").write_text("x")
     proc = run_ferkit("data", "show", rows.path, "--out", tmp_path / "file" / "grid.png")
-    assert_one_line_error(proc, "cannot write the figure")
+    assert_data_error(proc, "cannot write the figure")
 
 
 def test_real_show(tiny_real_csv, tmp_path, run_ferkit):

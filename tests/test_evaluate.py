@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error
 
 from ferkit.checkpoint import load_checkpoint
 from ferkit.classes import CLASS_NAMES
@@ -20,14 +21,6 @@ from ferkit.inference import CheckpointModel
 from ferkit.metrics import classification_report
 
 QUIET = ["--wandb", "disabled"]
-
-
-def one_line_error(proc, *needles: str) -> None:
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("ferkit") and "error:" in line, line
-    for needle in needles:
-        assert needle in line, line
 
 
 def test_predictions_file_recomputes_every_reported_number(
@@ -175,29 +168,29 @@ def test_bad_checkpoints_and_inputs(
     def evaluate(path, *extra):
         return run_ferkit("evaluate", "--model_path", path, "--data", tiny_real_csv, *QUIET, *extra)
 
-    one_line_error(evaluate(tmp_path / "missing.pth"), "not found")
+    assert_one_line_error(evaluate(tmp_path / "missing.pth"), "not found")
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(tiny_checkpoint.read_bytes()[:5000])
-    one_line_error(evaluate(truncated), "truncated.pth")
+    assert_one_line_error(evaluate(truncated), "truncated.pth")
     foreign = tmp_path / "foreign.pth"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
-    one_line_error(evaluate(foreign), "not a ferkit checkpoint")
+    assert_one_line_error(evaluate(foreign), "not a ferkit checkpoint")
     evil = tmp_path / "evil.pth"
     marker = tmp_path / "pwned"
     with open(evil, "wb") as f:  # a pickle that would create a file if it were ever unpickled unsafely
         pickle.dump(type("Evil", (), {"__reduce__": lambda s: (Path.touch, (marker,))})(), f)
-    one_line_error(evaluate(evil), "evil.pth")
+    assert_one_line_error(evaluate(evil), "evil.pth")
     assert not marker.exists()
     other_classes = tmp_path / "eight.pth"
     ckpt = load_checkpoint(tiny_checkpoint)
     torch.save(ckpt | {"class_names": [*CLASS_NAMES, "Contempt"]}, other_classes)
-    one_line_error(evaluate(other_classes), "do not match")
+    assert_one_line_error(evaluate(other_classes), "do not match")
     unlabelled = make_fer_csv(tmp_path / "test.csv", columns=("pixels",)).path
     proc = run_ferkit(
         "evaluate", "--model_path", tiny_checkpoint, "--data", unlabelled, "--split", "test", *QUIET
     )
-    one_line_error(proc, "no labelled rows")
-    one_line_error(run_ferkit("ensemble", "--model_paths", *QUIET), "model_paths")
+    assert_one_line_error(proc, "no labelled rows")
+    assert_one_line_error(run_ferkit("ensemble", "--model_paths", *QUIET), "model_paths")
     empty = tmp_path / "empty.json"
     empty.write_text('{"format": "ferkit-ensemble", "members": []}')
-    one_line_error(evaluate(empty), "no members")
+    assert_one_line_error(evaluate(empty), "no members")

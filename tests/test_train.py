@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ferkit_train_cmd
+from conftest import assert_one_line_error, ferkit_train_cmd
 
 from ferkit.checkpoint import load_checkpoint
 
@@ -32,15 +32,6 @@ def train(run_ferkit, data: Path, out: Path, *args: str, cwd: Path | None = None
     return run_ferkit(
         "train", "--data", data, "--output_dir", out, "--save_best_to", "", *args, cwd=cwd, **kw
     )
-
-
-def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "error" in lines[0], proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def test_fast_dev_run_writes_run_folder(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
@@ -111,13 +102,15 @@ def test_yaml_config_then_flags(run_ferkit, tiny_real_csv: Path, tmp_path: Path)
         (["--model", "nope"], ["unknown model 'nope'", "resnet18"]),
         (["--optimizer", "rmsprop"], ["--optimizer", "rmsprop"]),
         (["--lr", "-1"], ["'lr'", "below"]),
+        (["--label_smoothing", "2"], ["'label_smoothing'", "above 1.0"]),
+        (["--scheduler", "plateau", "--gamma", "1.5"], ["'gamma'", "above 1.0"]),
         (["--epochs", "two"], ["--epochs"]),
         (["--resume"], ["no checkpoint"]),
         (["--precision", "fp16", "--device", "cpu"], ["fp16"]),
     ],
 )
 def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Path, args, needles) -> None:
-    one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "run", *FAST, *args), *needles)
+    assert_one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "run", *FAST, *args), *needles)
 
 
 def test_bad_yaml_and_data_without_publictest(
@@ -125,9 +118,9 @@ def test_bad_yaml_and_data_without_publictest(
 ) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("lrr: 0.1\n")
-    one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "a", "--config", cfg), "c.yaml", "lrr")
+    assert_one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "a", "--config", cfg), "c.yaml", "lrr")
     only_train = make_fer_csv(tmp_path / "train.csv", columns=("emotion", "pixels")).path
-    one_line_error(train(run_ferkit, only_train, tmp_path / "b", *FAST), "PublicTest")
+    assert_one_line_error(train(run_ferkit, only_train, tmp_path / "b", *FAST), "PublicTest")
 
 
 @pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
@@ -173,7 +166,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(
     # a finished run resumed again does nothing more, and a fresh run refuses to overwrite it
     assert train(run_ferkit, tiny_real_csv, out, *args, "--resume").returncode == 0
     assert len(metrics_rows(out)) == 3
-    one_line_error(train(run_ferkit, tiny_real_csv, out, *args), "--resume")
+    assert_one_line_error(train(run_ferkit, tiny_real_csv, out, *args), "--resume")
 
 
 def test_ema_weights_are_validated_and_saved_as_best(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
@@ -184,20 +177,24 @@ def test_ema_weights_are_validated_and_saved_as_best(run_ferkit, tiny_real_csv: 
     assert last["ema"]["n_averaged"].item() == 3  # one update per optimizer step
     assert all(torch.equal(best["model"][k], averaged[k]) for k in best["model"])
     assert not torch.equal(best["model"]["classifier.6.weight"], last["model"]["classifier.6.weight"])
-    one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--ema", "1"), "--ema 1")
+    assert_one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--ema", "1"), "--ema 1")
     plain = tmp_path / "plain"
     assert train(run_ferkit, tiny_real_csv, plain, *FAST).returncode == 0
-    one_line_error(
+    assert_one_line_error(
         train(run_ferkit, tiny_real_csv, plain, *FAST, "--epochs", "2", "--ema", "0.5", "--resume"),
         "without --ema",
     )
-    one_line_error(train(run_ferkit, tiny_real_csv, out, *FAST, "--epochs", "2", "--resume"), "with --ema")
+    assert_one_line_error(
+        train(run_ferkit, tiny_real_csv, out, *FAST, "--epochs", "2", "--resume"), "with --ema"
+    )
 
 
 def test_resume_with_another_architecture_is_refused(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     assert train(run_ferkit, tiny_real_csv, out, *FAST).returncode == 0
-    one_line_error(train(run_ferkit, tiny_real_csv, out, *FAST, "--model", "vgg", "--resume"), "is a cnn")
+    assert_one_line_error(
+        train(run_ferkit, tiny_real_csv, out, *FAST, "--model", "vgg", "--resume"), "is a cnn"
+    )
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(
@@ -206,7 +203,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
     out = tmp_path / "run"
     args = [*FAST, "--epochs", "3", "--scheduler", "step", "--step_size", "1", "--gamma", "1e30"]
     proc = train(run_ferkit, tiny_real_csv, out, *args)
-    one_line_error(proc, "loss became", "last.pth")
+    assert_one_line_error(proc, "loss became", "last.pth")
     assert load_checkpoint(out / "last.pth")["epoch"] == 1
 
 
@@ -356,12 +353,12 @@ def test_train_with_ferplus_votes_and_its_bad_options(
     loss = {run: metrics_rows(tmp_path / run)[0]["train_loss"] for run in ("plain", "voted")}
     assert loss["voted"] != loss["plain"]
     bad = {
-        ("--ferplus_votes", "1.5"): "--ferplus_votes 1.5",
+        ("--ferplus_votes", "1.5"): "'ferplus_votes': 1.5 is above 1.0",
         ("--ferplus_votes", "0.5", "--labels", "ferplus"): "with --labels ferplus use --soft_labels",
         ("--soft_labels",): "--soft_labels trains on FER+ vote distributions: add --labels ferplus",
     }
     for i, (args, needle) in enumerate(bad.items()):
-        one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / f"bad{i}", *FAST, *args), needle)
+        assert_one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / f"bad{i}", *FAST, *args), needle)
 
 
 def test_train_with_a_teacher_and_its_bad_options(
@@ -372,13 +369,13 @@ def test_train_with_a_teacher_and_its_bad_options(
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["teacher"], saved["distill"]) == (str(tiny_checkpoint), 0.7)
-    one_line_error(
+    assert_one_line_error(
         train(
             run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--teacher", tiny_checkpoint, "--distill", "1.5"
         ),
-        "--distill 1.5",
+        "'distill': 1.5 is above 1.0",
     )
-    one_line_error(
+    assert_one_line_error(
         train(run_ferkit, tiny_real_csv, tmp_path / "b", *FAST, "--teacher", tmp_path / "none.pth"),
         "none.pth",
     )

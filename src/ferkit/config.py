@@ -16,10 +16,14 @@ from ferkit.errors import FerkitError
 
 
 def option(
-    default: Any, help: str, choices: tuple[str, ...] | None = None, minimum: float | None = None
+    default: Any,
+    help: str,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
 ) -> Any:
-    """A config field with its help text, allowed values and lower bound."""
-    meta = {"help": help, "choices": choices, "minimum": minimum}
+    """A config field with its help text, allowed values and bounds (inclusive)."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -45,6 +49,7 @@ class TrainConfig:
         0.0,
         "with FER2013 labels: the FER+ vote distributions' share of the targets (the rest: labels), 0 to 1",
         minimum=0.0,
+        maximum=1.0,
     )
     teacher: str = option(
         "", "distil from this model (checkpoint, ensemble .json or model card): its flip-TTA probabilities"
@@ -53,6 +58,7 @@ class TrainConfig:
         0.5,
         "with --teacher: the teacher's share of the targets (the rest is the labels), 0 to 1",
         minimum=0.0,
+        maximum=1.0,
     )
     skip_bad_rows: bool = option(False, "skip malformed data rows")
     epochs: int = option(50, "training epochs", minimum=1)
@@ -67,9 +73,11 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "linear LR warm-up, in epochs", minimum=0.0)
     min_lr: float = option(0.0, "floor of the cosine schedule", minimum=0.0)
     step_size: int = option(10, "epochs between LR drops (step schedule)", minimum=1)
-    gamma: float = option(0.1, "LR factor at each drop (step and plateau schedules)", minimum=0.0)
+    gamma: float = option(
+        0.1, "LR factor at each drop (step and plateau schedules)", minimum=0.0, maximum=1.0
+    )
     plateau_patience: int = option(5, "epochs without val improvement before an LR drop (plateau)", minimum=1)
-    label_smoothing: float = option(0.0, "label smoothing", minimum=0.0)
+    label_smoothing: float = option(0.0, "label smoothing", minimum=0.0, maximum=1.0)
     class_weights: str = option("none", "class-weighted loss", ("none", "inverse", "effective"))
     augment: str = option("standard", "augmentation preset", ("none", "flip", "standard", "strong"))
     mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
@@ -143,6 +151,8 @@ def _check(name: str, value: Any, where: str) -> Any:
         raise FerkitError(f"{where}: option {name!r}: {value!r} is not one of {', '.join(meta['choices'])}")
     if meta["minimum"] is not None and value < meta["minimum"]:
         raise FerkitError(f"{where}: option {name!r}: {value!r} is below {meta['minimum']}")
+    if meta["maximum"] is not None and value > meta["maximum"]:
+        raise FerkitError(f"{where}: option {name!r}: {value!r} is above {meta['maximum']}")
     return value
 
 

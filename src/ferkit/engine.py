@@ -307,10 +307,6 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     dtype = autocast_dtype(cfg.precision, device)
     if cfg.time_budget and world > 1:
         raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
-    if cfg.distill > 1:
-        raise FerkitError(f"--distill {cfg.distill}: the teacher's share must be between 0 and 1")
-    if cfg.ferplus_votes > 1:
-        raise FerkitError(f"--ferplus_votes {cfg.ferplus_votes}: the votes' share must be between 0 and 1")
     if cfg.ferplus_votes and cfg.labels == "ferplus":
         raise FerkitError("--ferplus_votes is for FER2013 labels; with --labels ferplus use --soft_labels")
     if cfg.soft_labels and cfg.labels != "ferplus":

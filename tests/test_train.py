@@ -96,6 +96,32 @@ def test_yaml_config_then_flags(run_ferkit, tiny_real_csv: Path, tmp_path: Path)
     assert saved["label_smoothing"] == 0.1
 
 
+RECIPES = sorted(p for p in (Path(__file__).parents[1] / "configs").glob("*.yaml") if p.name != "sweep.yaml")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_config_is_valid(recipe: Path) -> None:
+    from ferkit.config import resolve_config
+    from ferkit.models import list_models
+
+    cfg = resolve_config(str(recipe), {})  # unknown options, wrong types and out-of-range values raise
+    assert cfg.model in list_models()
+    header = recipe.read_text().split("\nmodel:")[0]  # the comment names the command that reproduces it
+    assert f"accuracy.py {recipe.stem} " in header + " " or f"configs/{recipe.name}" in header
+
+
+def test_restarts_schedule_raises_the_lr_again(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
+    lrs = {}
+    for schedule in ("cosine", "restarts"):
+        out = tmp_path / schedule
+        args = [*FAST, "--epochs", "3", "--scheduler", schedule, "--restart_cycles", "2"]
+        assert train(run_ferkit, tiny_real_csv, out, *args).returncode == 0
+        lrs[schedule] = [float(r["lr"]) for r in metrics_rows(out)]
+    assert lrs["cosine"][0] > lrs["cosine"][1] > lrs["cosine"][2]
+    # two cycles of 1 and 2 epochs: the second starts again from the peak
+    assert lrs["restarts"][1] > lrs["restarts"][0] and lrs["restarts"][2] < lrs["restarts"][1]
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [

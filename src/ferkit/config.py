@@ -69,7 +69,12 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum", minimum=0.0)
     nesterov: bool = option(True, "Nesterov momentum for SGD")
     weight_decay: float = option(0.0, "weight decay", minimum=0.0)
-    scheduler: str = option("cosine", "LR schedule", ("cosine", "onecycle", "plateau", "step", "none"))
+    scheduler: str = option(
+        "cosine", "LR schedule", ("cosine", "restarts", "onecycle", "plateau", "step", "none")
+    )
+    restart_cycles: int = option(
+        3, "restarts schedule: cosine cycles, each twice as long as the one before", minimum=1
+    )
     warmup_epochs: float = option(0.0, "linear LR warm-up, in epochs", minimum=0.0)
     min_lr: float = option(0.0, "floor of the cosine schedule", minimum=0.0)
     step_size: int = option(10, "epochs between LR drops (step schedule)", minimum=1)

@@ -263,6 +263,7 @@ def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plate
                 cfg.step_size,
                 cfg.gamma,
                 cfg.min_lr / cfg.lr if cfg.lr else 0.0,
+                cfg.restart_cycles,
             )
         )
         frozen = progress < cfg.freeze_epochs

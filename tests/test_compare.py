@@ -19,7 +19,21 @@ from ferkit.evaluate import evaluate_model
 # one batch of 16 per epoch, validation on 64 PublicTest faces: seconds per run
 FAST = ["--batch_size", "16", "--eval_batch_size", "64", "--limit_batches", "1", "--wandb", "disabled"]
 FAST += ["--save_best_to", "", "--no-progress"]
-RUNS = {"adam": ["--epochs", "2"], "sgd": ["--epochs", "3", "--optimizer", "sgd", "--lr", "0.05"]}
+RUNS = {
+    "adam": ["--epochs", "2"],
+    "sgd": [
+        "--epochs",
+        "3",
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--scheduler",
+        "restarts",
+        "--restart_cycles",
+        "2",
+    ],
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +63,7 @@ def test_rows_come_from_the_run_files(runs: list[Path]) -> None:
         assert row["best_public"] == max(float(r["val_acc"]) for r in lines)
         assert row["best_epoch"] == json.loads((run / "summary.json").read_text())["best_epoch"]
         assert row["wall_minutes"] == pytest.approx(sum(float(r["time"]) for r in lines) / 60)
-    assert "sgd lr=0.05" in rows[1]["recipe"] and "adam lr=0.001" in rows[0]["recipe"]
+    assert "sgd lr=0.05 restarts x2" in rows[1]["recipe"] and "adam lr=0.001 cosine" in rows[0]["recipe"]
     assert [r["private"] for r in rows] == [None, 0.25]
     assert compare_runs([runs[0]], private={str(runs[0]): 0.5})[0]["private"] == 0.5
 

@@ -38,7 +38,8 @@ def read_run(run_dir: Path) -> tuple[TrainConfig, list[dict[str, float]]]:
 def recipe(cfg: TrainConfig) -> str:
     """A short description of a training recipe: model, optimizer, learning rate, schedule, regularisers."""
     parts = [cfg.model + (f" ({cfg.pretrained})" if cfg.pretrained else "")]
-    parts += [f"{cfg.optimizer} lr={cfg.lr:g}", cfg.scheduler, f"aug={cfg.augment}"]
+    schedule = f"restarts x{cfg.restart_cycles}" if cfg.scheduler == "restarts" else cfg.scheduler
+    parts += [f"{cfg.optimizer} lr={cfg.lr:g}", schedule, f"aug={cfg.augment}"]
     extras = {
         "wd": cfg.weight_decay,
         "ls": cfg.label_smoothing,

@@ -73,7 +73,10 @@ class TrainConfig:
         "cosine", "LR schedule", ("cosine", "restarts", "onecycle", "plateau", "step", "none")
     )
     restart_cycles: int = option(
-        3, "restarts schedule: cosine cycles, each twice as long as the one before", minimum=1
+        3,
+        "restarts schedule: cosine cycles, each twice as long as the one before (at most 10)",
+        minimum=1,
+        maximum=10,
     )
     warmup_epochs: float = option(0.0, "linear LR warm-up, in epochs", minimum=0.0)
     min_lr: float = option(0.0, "floor of the cosine schedule", minimum=0.0)

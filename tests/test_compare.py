@@ -19,21 +19,8 @@ from ferkit.evaluate import evaluate_model
 # one batch of 16 per epoch, validation on 64 PublicTest faces: seconds per run
 FAST = ["--batch_size", "16", "--eval_batch_size", "64", "--limit_batches", "1", "--wandb", "disabled"]
 FAST += ["--save_best_to", "", "--no-progress"]
-RUNS = {
-    "adam": ["--epochs", "2"],
-    "sgd": [
-        "--epochs",
-        "3",
-        "--optimizer",
-        "sgd",
-        "--lr",
-        "0.05",
-        "--scheduler",
-        "restarts",
-        "--restart_cycles",
-        "2",
-    ],
-}
+SGD_RESTARTS = ["--optimizer", "sgd", "--lr", "0.05", "--scheduler", "restarts", "--restart_cycles", "2"]
+RUNS = {"adam": ["--epochs", "2"], "sgd": ["--epochs", "3", *SGD_RESTARTS]}
 
 
 @pytest.fixture(scope="module")

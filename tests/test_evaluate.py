@@ -17,7 +17,7 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.data import load_dataset
 from ferkit.data.transforms import tta_views
 from ferkit.evaluate import evaluate_ensemble
-from ferkit.inference import CheckpointModel
+from ferkit.inference import CheckpointModel, load_predictor
 from ferkit.metrics import classification_report
 
 QUIET = ["--wandb", "disabled"]
@@ -125,6 +125,33 @@ def test_ensemble_reports_members_and_spec_is_accepted_by_evaluate(
     proc = run_ferkit("evaluate", "--model_path", spec, "--data", tiny_real_csv, "--format", "json", *QUIET)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["accuracy"] == report["accuracy"]  # the spec keeps its TTA
+
+
+def test_ensemble_members_may_be_specs_cards_and_shipped_models(
+    run_ferkit, tiny_real_csv, tiny_checkpoint, tmp_path
+) -> None:
+    ds = load_dataset(tiny_real_csv)
+    other = tmp_path / "other.pth"
+    ckpt = load_checkpoint(tiny_checkpoint)
+    ckpt["model"] = {k: v * 0.9 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, other)
+    pair = tmp_path / "pair.json"
+    evaluate_ensemble([str(tiny_checkpoint), str(other)], ds, "PublicTest", save=str(pair))
+    outer = tmp_path / "outer.json"
+    members = [str(pair), "ferkit-fer2013-fast", str(tiny_checkpoint)]
+    report, data, probs = evaluate_ensemble(members, ds, "PrivateTest", "fit", tta="flip", save=str(outer))
+    assert [m["path"] for m in report["members"]] == members
+    assert report["members"][0]["arch"] == "ensemble of cnn, cnn"
+    spec = json.loads(outer.read_text())
+    assert [m["path"] for m in spec["members"]] == ["pair.json", "ferkit-fer2013-fast", str(tiny_checkpoint)]
+    flat, tta = load_predictor(outer, "cpu")  # nested ensembles vote as one flat ensemble
+    w = [m["weight"] for m in report["members"]]
+    assert tta == "flip" and np.allclose(flat.weights, [w[0] / 2, w[0] / 2, w[1], w[2]])
+    assert np.allclose(flat.predict(data.images, "flip"), probs, atol=1e-9)
+    loop = tmp_path / "loop.json"
+    loop.write_text(json.dumps({"format": "ferkit-ensemble", "members": [{"path": "loop.json"}]}))
+    proc = run_ferkit("evaluate", "--model_path", loop, "--data", tiny_real_csv, *QUIET)
+    assert_one_line_error(proc, "loop.json: the ensemble contains itself")
 
 
 def test_report_folder(run_ferkit, tiny_real_csv, tiny_checkpoint, tmp_path) -> None:

@@ -254,8 +254,14 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     add_data_args(sh)
     sh.set_defaults(func=cmd_ship)
 
-    en = sub.add_parser("ensemble", help="soft-voting ensemble of checkpoints, each member reported too")
-    en.add_argument("--model_paths", "--model-paths", nargs="+", required=True, help="checkpoints (.pth)")
+    en = sub.add_parser("ensemble", help="soft-voting ensemble of models, each member reported too")
+    en.add_argument(
+        "--model_paths",
+        "--model-paths",
+        nargs="+",
+        required=True,
+        help="models: checkpoints, ensemble specs, model cards or shipped models' names",
+    )
     en.add_argument(
         "--weights",
         choices=["uniform", "fit"],

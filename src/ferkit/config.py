@@ -21,9 +21,11 @@ def option(
     choices: tuple[str, ...] | None = None,
     minimum: float | None = None,
     maximum: float | None = None,
+    below: float | None = None,
 ) -> Any:
-    """A config field with its help text, allowed values and bounds (inclusive)."""
-    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+    """A config field with its help text, allowed values and bounds (`minimum`/`maximum` inclusive,
+    `below` exclusive)."""
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum, "below": below}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -91,7 +93,10 @@ class TrainConfig:
     mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
     cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     ema: float = option(
-        0.0, "decay of a moving average of the weights, which is validated and saved (0: off)", minimum=0.0
+        0.0,
+        "decay of a moving average of the weights, which is validated and saved (0: off; 0.999 is usual)",
+        minimum=0.0,
+        below=1.0,
     )
     freeze_epochs: int = option(0, "train only the head for this many epochs (fine-tuning)", minimum=0)
     backbone_lr_scale: float = option(0.1, "backbone LR factor after unfreezing (fine-tuning)", minimum=0.0)
@@ -161,6 +166,8 @@ def _check(name: str, value: Any, where: str) -> Any:
         raise FerkitError(f"{where}: option {name!r}: {value!r} is below {meta['minimum']}")
     if meta["maximum"] is not None and value > meta["maximum"]:
         raise FerkitError(f"{where}: option {name!r}: {value!r} is above {meta['maximum']}")
+    if meta["below"] is not None and value >= meta["below"]:
+        raise FerkitError(f"{where}: option {name!r}: {value!r} is not below {meta['below']}")
     return value
 
 

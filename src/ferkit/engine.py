@@ -312,8 +312,6 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("--ferplus_votes is for FER2013 labels; with --labels ferplus use --soft_labels")
     if cfg.soft_labels and cfg.labels != "ferplus":
         raise FerkitError("--soft_labels trains on FER+ vote distributions: add --labels ferplus")
-    if cfg.ema >= 1:
-        raise FerkitError(f"--ema {cfg.ema}: the decay must be below 1 (0.999 is usual; 0: off)")
     if cfg.resume and not cfg.output_dir:
         raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
     out = Path(cfg.output_dir) if cfg.output_dir else timestamped_run_dir(cfg.model)

@@ -12,11 +12,10 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
-from ferkit.engine import select_device, timestamped_run_dir
+from ferkit.engine import timestamped_run_dir
 from ferkit.errors import FerkitError
 from ferkit.inference import (
-    CheckpointModel,
-    Ensemble,
+    Predictor,
     combine,
     fit_weights,
     load_predictor,
@@ -61,29 +60,29 @@ def evaluate_ensemble(
     device: str = "auto",
     save: str | None = None,
 ) -> tuple[dict[str, Any], FerDataset, np.ndarray]:
-    """Soft voting over checkpoints; weights uniform or fitted on PublicTest; each member reported too."""
+    """Soft voting over models (checkpoints, specs, cards or shipped names; each one vote, however many
+    networks it holds); weights uniform or fitted on PublicTest; each member reported too."""
     check_batch_size(batch_size)
     if not model_paths:
-        raise FerkitError("an ensemble needs at least one --model_paths checkpoint")
-    dev = select_device(device)
-    ens = Ensemble([CheckpointModel.load(p, dev) for p in model_paths], np.ones(len(model_paths)))
-    fitted = ensemble_weights(ens, ds, weights, tta, batch_size)
-    ens.weights = fitted / fitted.sum()
+        raise FerkitError("an ensemble needs at least one --model_paths model")
+    members = [load_predictor(p, device)[0] for p in model_paths]
+    fitted = ensemble_weights(members, ds, weights, tta, batch_size)
+    fitted = fitted / fitted.sum()
     data = ds.split(split, labelled_only=True)
-    member_probs = ens.predict_members(data.images, tta, batch_size)
-    probs = combine(member_probs, ens.weights)
-    members = member_reports(ens.members, member_probs, data.labels)
-    for member, w in zip(members, ens.weights, strict=True):
+    member_probs = [m.predict(data.images, tta, batch_size) for m in members]
+    probs = combine(member_probs, fitted)
+    reports = member_reports(list(map(str, model_paths)), members, member_probs, data.labels)
+    for member, w in zip(reports, fitted, strict=True):
         member["weight"] = float(w)
     report = {"model_path": "ensemble of " + ", ".join(map(str, model_paths)), "split": split, "tta": tta}
     report |= {
         "weights": weights,
         **classification_report(data.labels, probs, CLASS_NAMES),
-        "members": members,
+        "members": reports,
     }
     if save:
         origin = "PublicTest" if weights == "fit" else "uniform"
-        save_ensemble_spec(Path(save), list(map(str, model_paths)), ens.weights, tta, origin)
+        save_ensemble_spec(Path(save), list(map(str, model_paths)), fitted, tta, origin)
         report["saved"] = str(save)
     return report, data, probs
 
@@ -109,24 +108,26 @@ def write_predictions(path: Path, data: FerDataset, probs: np.ndarray) -> None:
 
 
 def member_reports(
-    members: list[CheckpointModel], member_probs: list[np.ndarray], labels: np.ndarray
+    paths: list[str], members: list[Predictor], member_probs: list[np.ndarray], labels: np.ndarray
 ) -> list[dict]:
     """Accuracy and macro-F1 of each ensemble member on the same faces."""
     out = []
-    for m, p in zip(members, member_probs, strict=True):
+    for path, m, p in zip(paths, members, member_probs, strict=True):
         r = classification_report(labels, p, CLASS_NAMES)
-        out.append({"path": m.path, "arch": m.arch, "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]})
+        out.append({"path": path, "arch": m.arch, "accuracy": r["accuracy"], "macro_f1": r["macro_f1"]})
     return out
 
 
-def ensemble_weights(ens: Ensemble, ds: FerDataset, mode: str, tta: str, batch_size: int) -> np.ndarray:
+def ensemble_weights(
+    members: list[Predictor], ds: FerDataset, mode: str, tta: str, batch_size: int
+) -> np.ndarray:
     """uniform, or fitted on PublicTest (never on PrivateTest, whatever split is reported)."""
     if mode == "uniform":
-        return np.ones(len(ens.members))
+        return np.ones(len(members))
     if mode != "fit":
         raise FerkitError(f"--weights {mode!r}: expected uniform or fit")
     public = ds.split("PublicTest", labelled_only=True)
-    return fit_weights(ens.predict_members(public.images, tta, batch_size), public.labels)
+    return fit_weights([m.predict(public.images, tta, batch_size) for m in members], public.labels)
 
 
 def format_report(r: dict[str, Any]) -> str:

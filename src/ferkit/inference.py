@@ -61,6 +61,10 @@ class Ensemble:
     members: list[CheckpointModel]
     weights: np.ndarray
 
+    @property
+    def arch(self) -> str:
+        return "ensemble of " + ", ".join(m.arch for m in self.members)
+
     def predict_members(
         self, images: np.ndarray, tta: str = "none", batch_size: int = 512
     ) -> list[np.ndarray]:
@@ -69,6 +73,26 @@ class Ensemble:
 
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
         return combine(self.predict_members(images, tta, batch_size), self.weights)
+
+
+Predictor = CheckpointModel | Ensemble
+
+
+def flatten(parts: list[Predictor], weights: np.ndarray) -> Ensemble:
+    """One ensemble of checkpoints that votes as `parts` weighted by `weights` do: a part that is itself an
+    ensemble hands its share to its members in proportion to their weights (soft voting is linear, so the
+    probabilities are the same)."""
+    w = np.asarray(weights, np.float64)
+    members: list[CheckpointModel] = []
+    shares: list[float] = []
+    for part, share in zip(parts, w / w.sum(), strict=True):
+        if isinstance(part, Ensemble):
+            members += part.members
+            shares += list(share * part.weights / part.weights.sum())
+        else:
+            members.append(part)
+            shares.append(float(share))
+    return Ensemble(members, np.array(shares))
 
 
 def combine(member_probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -99,10 +123,15 @@ def fit_weights(member_probs: list[np.ndarray], labels: np.ndarray, steps: int =
 def save_ensemble_spec(
     path: Path, member_paths: list[str], weights: np.ndarray, tta: str, fitted_on: str
 ) -> None:
-    """A JSON spec that `evaluate`, `predict` and `export` accept wherever a checkpoint is."""
+    """A JSON spec that `evaluate`, `predict` and `export` accept wherever a checkpoint is. Members are
+    files (stored relative to the spec's folder when inside it) or shipped models' names (kept as names,
+    so the spec outlives a reinstall)."""
     base = path.resolve().parent
     members = []
     for m, w in zip(member_paths, weights, strict=True):
+        if is_shipped_name(m):
+            members.append({"path": m, "weight": float(w)})
+            continue
         p = Path(m).resolve()
         rel = p.relative_to(base) if p.is_relative_to(base) else p
         members.append({"path": str(rel), "weight": float(w)})
@@ -132,12 +161,21 @@ def ensemble_spec_members(spec: dict[str, Any], path: Path) -> tuple[list[str], 
     members = spec.get("members") or []
     if not members:
         raise FerkitError(f"{path}: the ensemble has no members")
-    paths = [str((path.parent / m["path"]).resolve()) for m in members]
+    paths = [
+        m["path"] if is_shipped_name(m["path"]) else str((path.parent / m["path"]).resolve()) for m in members
+    ]
     return paths, np.array([float(m.get("weight", 1.0)) for m in members]), spec.get("tta", "none")
 
 
 def is_ensemble_spec(path: str | Path) -> bool:
     return str(path).endswith(".json")
+
+
+def is_shipped_name(path: str | Path) -> bool:
+    """Whether `path` names a model shipped with ferkit rather than a file."""
+    from ferkit.model_card import shipped_models
+
+    return not Path(path).exists() and not Path(path).suffix and str(path) in shipped_models()
 
 
 def resolve_model_path(path: str | None) -> str:
@@ -159,16 +197,24 @@ def resolve_model_path(path: str | None) -> str:
     return str(SHIPPED_CARD)
 
 
-def load_predictor(path: str | Path, device: str = "auto") -> tuple[CheckpointModel | Ensemble, str]:
-    """A checkpoint (.pth), an ensemble spec or a model card (.json), and its default TTA."""
-    dev = select_device(device)
-    if is_ensemble_spec(path):
-        from ferkit.model_card import is_model_card, model_from_card
+def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predictor, str]:
+    """A checkpoint (.pth), an ensemble spec or a model card (.json), or a shipped model's name, and its
+    default TTA. An ensemble whose members are themselves ensembles or cards comes back flattened."""
+    return _load(path, select_device(device), ())
 
-        p = Path(path)
-        spec = read_model_json(p)
-        if is_model_card(spec):
-            return model_from_card(spec, p, dev)
-        paths, weights, tta = ensemble_spec_members(spec, p)
-        return Ensemble([CheckpointModel.load(m, dev) for m in paths], weights), tta
-    return CheckpointModel.load(path, dev), "none"
+
+def _load(path: str | Path, device: torch.device, parents: tuple[Path, ...]) -> tuple[Predictor, str]:
+    path = resolve_model_path(str(path))
+    if not is_ensemble_spec(path):
+        return CheckpointModel.load(path, device), "none"
+    from ferkit.model_card import is_model_card, model_from_card
+
+    p = Path(path)
+    spec = read_model_json(p)
+    if is_model_card(spec):
+        return model_from_card(spec, p, device)
+    paths, weights, tta = ensemble_spec_members(spec, p)
+    if p.resolve() in parents:
+        raise FerkitError(f"{p}: the ensemble contains itself")
+    parts = [_load(m, device, (*parents, p.resolve()))[0] for m in paths]
+    return flatten(parts, weights), tta

@@ -26,10 +26,8 @@ import numpy as np
 import torch
 
 from ferkit.data import load_dataset
-from ferkit.data.transforms import BatchTransform
-from ferkit.engine import predict_probs
 from ferkit.export import OnnxPredictor, export_onnx
-from ferkit.inference import CheckpointModel, Ensemble, combine, load_predictor, resolve_model_path
+from ferkit.inference import CheckpointModel, Ensemble, load_predictor, resolve_model_path
 from ferkit.model_card import shipped_models
 from ferkit.predict import predict_image
 
@@ -79,25 +77,13 @@ class FerModel:
 
 
 class Bf16Predictor:
-    """A ferkit predictor's members run under bf16 autocast with channels-last weights (CPUs with bf16)."""
+    """A ferkit predictor run under bf16 autocast (CPUs with bf16)."""
 
     def __init__(self, predictor: CheckpointModel | Ensemble) -> None:
-        self.members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
-        self.weights = predictor.weights if isinstance(predictor, Ensemble) else np.ones(1)
-        for m in self.members:
-            m.model.to(memory_format=torch.channels_last)
-        self.transforms = [
-            BatchTransform(tuple(m.ckpt["input_size"]), m.ckpt["mean"], m.ckpt["std"], channels_last=True)
-            for m in self.members
-        ]
+        self.predictor = predictor
 
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        x = torch.from_numpy(images)
-        member_probs = [
-            predict_probs(m.model, x, t, batch_size, torch.bfloat16, tta=tta).double().numpy()
-            for m, t in zip(self.members, self.transforms, strict=True)
-        ]
-        return combine(member_probs, self.weights)
+        return self.predictor.predict(images, tta, batch_size, torch.bfloat16)
 
 
 def faces_per_second(
@@ -134,7 +120,7 @@ def model_rows(model_path: str, test, public, photo: Path, tmp: Path, runs: int)
     """(name, accuracy, faces/s, photo latency) for one ferkit model on each runtime, with and without
     its default TTA; and the number of faces it finds in the photo."""
     torch_model, tta = load_predictor(model_path, "cpu")
-    bf16_model = Bf16Predictor(load_predictor(model_path, "cpu")[0])  # its own copy: channels-last weights
+    bf16_model = Bf16Predictor(torch_model)
     onnx_path = tmp / f"{Path(model_path).stem}.onnx"
     export_onnx(model_path, onnx_path, None, public.images[:64])
     onnx_model = OnnxPredictor(onnx_path)

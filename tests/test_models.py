@@ -8,8 +8,11 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from ferkit.classes import NUM_CLASSES
+from ferkit.checkpoint import model_payload
+from ferkit.classes import CLASS_NAMES, NUM_CLASSES
+from ferkit.engine import predict_probs
 from ferkit.errors import FerkitError
+from ferkit.inference import CheckpointModel
 from ferkit.models import (
     adapt_input_conv,
     backbone_and_head,
@@ -55,6 +58,20 @@ def test_forward_backward(name: str) -> None:
     logits.logsumexp(dim=1).mean().backward()
     for key, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_inference_folds_batchnorm_without_changing_the_outputs(name: str) -> None:
+    model = create_model(name, drop_rate=0.2)
+    for _ in range(3):  # training-mode passes move the BatchNorm statistics away from the identity
+        model(torch.rand(4, *model.default_cfg["input_size"]) * 3)
+    loaded = CheckpointModel.from_payload(model_payload(model, CLASS_NAMES), name, torch.device("cpu"))
+    folded = loaded.inference_model
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+    faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
+    plain = predict_probs(loaded.model, faces, loaded.transform, 8)
+    assert torch.allclose(torch.from_numpy(loaded.predict(faces.numpy())).float(), plain, atol=1e-5)
+    assert loaded.model.state_dict().keys() == model.state_dict().keys()  # what `ferkit ship` writes
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.optimization import fuse
 
 from ferkit.checkpoint import load_checkpoint, model_from_checkpoint
 from ferkit.classes import CLASS_NAMES
@@ -47,11 +49,26 @@ class CheckpointModel:
         tf = BatchTransform(tuple(ckpt["input_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
         return cls(source, ckpt["arch"], model, tf, ckpt)
 
-    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        """Probabilities (N, 7), fp32 inference, in the order of `images` (uint8 N x 48 x 48)."""
-        device = next(self.model.parameters()).device
-        data = torch.from_numpy(images).to(device)
-        return predict_probs(self.model, data, self.transform, batch_size, tta=tta).double().numpy()
+    @cached_property
+    def inference_model(self) -> nn.Module:
+        """`model` for inference: each BatchNorm folded into the convolution before it (the same function
+        to float rounding, 1.4-2x faster on CPU), channels-last memory on CPU. `model` itself is kept
+        as trained (its state_dict is what `ferkit ship` writes)."""
+        fused = fuse(self.model.eval())
+        device = next(fused.parameters()).device
+        return fused.to(memory_format=torch.channels_last) if device.type == "cpu" else fused
+
+    def predict(
+        self,
+        images: np.ndarray,
+        tta: str = "none",
+        batch_size: int = 512,
+        dtype: torch.dtype | None = None,
+    ) -> np.ndarray:
+        """Probabilities (N, 7) in the order of `images` (uint8 N x 48 x 48); fp32, or `dtype` autocast."""
+        model = self.inference_model
+        data = torch.from_numpy(images).to(next(model.parameters()).device)
+        return predict_probs(model, data, self.transform, batch_size, dtype, tta=tta).double().numpy()
 
 
 @dataclass
@@ -66,13 +83,15 @@ class Ensemble:
         return "ensemble of " + ", ".join(m.arch for m in self.members)
 
     def predict_members(
-        self, images: np.ndarray, tta: str = "none", batch_size: int = 512
+        self, images: np.ndarray, tta: str = "none", batch_size: int = 512, dtype: torch.dtype | None = None
     ) -> list[np.ndarray]:
         """Each member's probabilities on the same faces."""
-        return [m.predict(images, tta, batch_size) for m in self.members]
+        return [m.predict(images, tta, batch_size, dtype) for m in self.members]
 
-    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        return combine(self.predict_members(images, tta, batch_size), self.weights)
+    def predict(
+        self, images: np.ndarray, tta: str = "none", batch_size: int = 512, dtype: torch.dtype | None = None
+    ) -> np.ndarray:
+        return combine(self.predict_members(images, tta, batch_size, dtype), self.weights)
 
 
 Predictor = CheckpointModel | Ensemble

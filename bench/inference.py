@@ -23,11 +23,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from ferkit.data import load_dataset
 from ferkit.export import OnnxPredictor, export_onnx
-from ferkit.inference import CheckpointModel, Ensemble, load_predictor, resolve_model_path
+from ferkit.inference import load_predictor, resolve_model_path
 from ferkit.model_card import shipped_models
 from ferkit.predict import predict_image
 
@@ -76,16 +75,6 @@ class FerModel:
         return [{"box": b, "probabilities": p} for b, p in zip(boxes, probs, strict=True)]
 
 
-class Bf16Predictor:
-    """A ferkit predictor run under bf16 autocast (CPUs with bf16)."""
-
-    def __init__(self, predictor: CheckpointModel | Ensemble) -> None:
-        self.predictor = predictor
-
-    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        return self.predictor.predict(images, tta, batch_size, torch.bfloat16)
-
-
 def faces_per_second(
     predict: Callable[[np.ndarray], np.ndarray], faces: np.ndarray
 ) -> tuple[np.ndarray, float]:
@@ -120,7 +109,7 @@ def model_rows(model_path: str, test, public, photo: Path, tmp: Path, runs: int)
     """(name, accuracy, faces/s, photo latency) for one ferkit model on each runtime, with and without
     its default TTA; and the number of faces it finds in the photo."""
     torch_model, tta = load_predictor(model_path, "cpu")
-    bf16_model = Bf16Predictor(torch_model)
+    bf16_model, _ = load_predictor(model_path, "cpu", "bf16")
     onnx_path = tmp / f"{Path(model_path).stem}.onnx"
     export_onnx(model_path, onnx_path, None, public.images[:64])
     onnx_model = OnnxPredictor(onnx_path)

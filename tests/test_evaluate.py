@@ -141,7 +141,7 @@ def test_ensemble_members_may_be_specs_cards_and_shipped_models(
     members = [str(pair), "ferkit-fer2013-fast", str(tiny_checkpoint)]
     report, data, probs = evaluate_ensemble(members, ds, "PrivateTest", "fit", tta="flip", save=str(outer))
     assert [m["path"] for m in report["members"]] == members
-    assert report["members"][0]["arch"] == "ensemble of cnn, cnn"
+    assert report["members"][0]["arch"] == "ensemble(cnn, cnn)"
     spec = json.loads(outer.read_text())
     assert [m["path"] for m in spec["members"]] == ["pair.json", "ferkit-fer2013-fast", str(tiny_checkpoint)]
     flat, tta = load_predictor(outer, "cpu")  # nested ensembles vote as one flat ensemble

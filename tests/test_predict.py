@@ -225,6 +225,21 @@ def test_no_detect_matches_checkpoint_model_predict(tmp_path, tiny_checkpoint, r
         assert face["emotion"] == CLASS_NAMES[int(np.argmax(p))]
 
 
+def test_bf16_precision_is_autocast_and_close_to_fp32(tmp_path, tiny_checkpoint, real_dataset) -> None:
+    crops = real_dataset.images[np.flatnonzero(real_dataset.splits == "PublicTest")[:10]]
+    for i, c in enumerate(crops):
+        save(c, tmp_path / "crops" / f"{i:02d}.png")
+    probs = {}
+    for precision in ("fp32", "bf16"):
+        results, _ = predict_paths(
+            [str(tmp_path / "crops")], str(tiny_checkpoint), detect=False, device="cpu", precision=precision
+        )
+        faces = [r["faces"][0]["probabilities"] for r in results]
+        probs[precision] = np.array([[face[c] for c in CLASS_NAMES] for face in faces])
+    assert not np.array_equal(probs["fp32"], probs["bf16"])  # bf16 really ran
+    np.testing.assert_allclose(probs["bf16"], probs["fp32"], atol=0.03)
+
+
 def test_annotate_writes_labelled_copies(tmp_path, tiny_checkpoint, group, faces) -> None:
     src = tmp_path / "in"
     save(group, src / "group.jpg", quality=95)
@@ -339,7 +354,9 @@ def test_cli_all_bad_fails_and_csv_format(tmp_path, capsys, tiny_checkpoint, fac
     assert abs(sum(float(row[c]) for c in CLASS_NAMES) - 1) < 1e-3
 
 
-@pytest.mark.parametrize("case", ["empty folder", "corrupt video", "missing file", "bad option"])
+@pytest.mark.parametrize(
+    "case", ["empty folder", "corrupt video", "missing file", "bad option", "bf16 on onnx"]
+)
 def test_cli_one_line_errors(tmp_path, capsys, tiny_checkpoint, case) -> None:
     target, extra = tmp_path / "nothing", []
     if case == "empty folder":
@@ -350,9 +367,13 @@ def test_cli_one_line_errors(tmp_path, capsys, tiny_checkpoint, case) -> None:
         target.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     elif case == "missing file":
         target, needle = tmp_path / "gone.jpg", "gone.jpg: file not found"
-    else:
+    elif case == "bad option":
         needle, extra = "--batch_size 0", ["--batch_size", "0"]
         target.mkdir()
+    else:
+        needle = "--precision bf16 is for --backend torch"
+        extra = ["--backend", "onnx", "--precision", "bf16"]
+        save(np.full((48, 48), 128, np.uint8), target / "face.png")
     code, out, lines = ferkit_main(capsys, "predict", target, "--model_path", tiny_checkpoint, *extra)
     assert code != 0 and out == ""
     (line,) = lines

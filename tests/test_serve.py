@@ -89,6 +89,7 @@ def test_health_and_self_contained_page(client, tiny_checkpoint) -> None:
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == str(tiny_checkpoint)
     assert health["arch"] == load_checkpoint(tiny_checkpoint)["arch"] and health["backend"] == "torch"
+    assert health["precision"] == "fp32"
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text

@@ -71,11 +71,10 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
     import torch.nn.functional as F
     from torch import nn
 
-    from ferkit.inference import Ensemble
+    from ferkit.inference import members_and_weights
 
-    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
-    raw = np.asarray(predictor.weights if isinstance(predictor, Ensemble) else [1.0], np.float64)
-    weights = (raw / raw.sum()).tolist()
+    members, normalised = members_and_weights(predictor)
+    weights = normalised.tolist()
 
     class FaceGraph(nn.Module):
         def __init__(self) -> None:
@@ -109,9 +108,9 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
 def _describe(model_path: str, predictor: CheckpointModel | Ensemble, tta: str) -> dict[str, str]:
     """Metadata stored in the ONNX file (strings): what it is, where it came from, how to feed it."""
     from ferkit import __version__
-    from ferkit.inference import Ensemble
+    from ferkit.inference import members_and_weights
 
-    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
+    members = members_and_weights(predictor)[0]
     return {
         "format": ONNX_FORMAT,
         "ferkit_version": __version__,

@@ -18,7 +18,7 @@ from torch.fx.experimental.optimization import fuse
 from ferkit.checkpoint import load_checkpoint, model_from_checkpoint
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.transforms import BatchTransform
-from ferkit.engine import predict_probs, select_device
+from ferkit.engine import autocast_dtype, predict_probs, select_device
 from ferkit.errors import FerkitError
 
 ENSEMBLE_FORMAT = "ferkit-ensemble"
@@ -33,6 +33,7 @@ class CheckpointModel:
     model: nn.Module
     transform: BatchTransform
     ckpt: dict[str, Any]
+    dtype: torch.dtype | None = None  # autocast dtype of `predict` (None: fp32)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device) -> CheckpointModel:
@@ -58,17 +59,11 @@ class CheckpointModel:
         device = next(fused.parameters()).device
         return fused.to(memory_format=torch.channels_last) if device.type == "cpu" else fused
 
-    def predict(
-        self,
-        images: np.ndarray,
-        tta: str = "none",
-        batch_size: int = 512,
-        dtype: torch.dtype | None = None,
-    ) -> np.ndarray:
-        """Probabilities (N, 7) in the order of `images` (uint8 N x 48 x 48); fp32, or `dtype` autocast."""
+    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
+        """Probabilities (N, 7) in the order of `images` (uint8 N x 48 x 48), under `dtype` autocast."""
         model = self.inference_model
         data = torch.from_numpy(images).to(next(model.parameters()).device)
-        return predict_probs(model, data, self.transform, batch_size, dtype, tta=tta).double().numpy()
+        return predict_probs(model, data, self.transform, batch_size, self.dtype, tta=tta).double().numpy()
 
 
 @dataclass
@@ -80,21 +75,28 @@ class Ensemble:
 
     @property
     def arch(self) -> str:
-        return "ensemble of " + ", ".join(m.arch for m in self.members)
+        return f"ensemble({', '.join(m.arch for m in self.members)})"
 
     def predict_members(
-        self, images: np.ndarray, tta: str = "none", batch_size: int = 512, dtype: torch.dtype | None = None
+        self, images: np.ndarray, tta: str = "none", batch_size: int = 512
     ) -> list[np.ndarray]:
         """Each member's probabilities on the same faces."""
-        return [m.predict(images, tta, batch_size, dtype) for m in self.members]
+        return [m.predict(images, tta, batch_size) for m in self.members]
 
-    def predict(
-        self, images: np.ndarray, tta: str = "none", batch_size: int = 512, dtype: torch.dtype | None = None
-    ) -> np.ndarray:
-        return combine(self.predict_members(images, tta, batch_size, dtype), self.weights)
+    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
+        return combine(self.predict_members(images, tta, batch_size), self.weights)
 
 
 Predictor = CheckpointModel | Ensemble
+
+
+def members_and_weights(predictor: Predictor) -> tuple[list[CheckpointModel], np.ndarray]:
+    """The networks a predictor runs (an ensemble's members, or the one checkpoint) and their voting
+    weights, normalised to sum to 1."""
+    if isinstance(predictor, Ensemble):
+        w = np.asarray(predictor.weights, np.float64)
+        return predictor.members, w / w.sum()
+    return [predictor], np.ones(1)
 
 
 def flatten(parts: list[Predictor], weights: np.ndarray) -> Ensemble:
@@ -216,10 +218,16 @@ def resolve_model_path(path: str | None) -> str:
     return str(SHIPPED_CARD)
 
 
-def load_predictor(path: str | Path, device: str = "auto") -> tuple[Predictor, str]:
+def load_predictor(path: str | Path, device: str = "auto", precision: str = "fp32") -> tuple[Predictor, str]:
     """A checkpoint (.pth), an ensemble spec or a model card (.json), or a shipped model's name, and its
-    default TTA. An ensemble whose members are themselves ensembles or cards comes back flattened."""
-    return _load(path, select_device(device), ())
+    default TTA. An ensemble whose members are themselves ensembles or cards comes back flattened.
+    `precision` fp32 (exact, what model cards report), bf16 or fp16 (autocast: faster, slightly different)."""
+    dev = select_device(device)
+    dtype = autocast_dtype(precision, dev)
+    predictor, tta = _load(path, dev, ())
+    for m in members_and_weights(predictor)[0]:
+        m.dtype = dtype
+    return predictor, tta
 
 
 def _load(path: str | Path, device: torch.device, parents: tuple[Path, ...]) -> tuple[Predictor, str]:

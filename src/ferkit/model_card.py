@@ -25,7 +25,7 @@ from ferkit import __version__
 from ferkit.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
-from ferkit.inference import CheckpointModel, Ensemble, load_predictor
+from ferkit.inference import CheckpointModel, Ensemble, load_predictor, members_and_weights
 
 CARD_FORMAT = "ferkit-model-card"
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
@@ -124,8 +124,7 @@ def write_model_card(
     from ferkit.evaluate import evaluate_model
 
     predictor, _ = load_predictor(model_path, "cpu")
-    members = predictor.members if isinstance(predictor, Ensemble) else [predictor]
-    weights = predictor.weights / predictor.weights.sum() if isinstance(predictor, Ensemble) else [1.0]
+    members, weights = members_and_weights(predictor)
     tensors = {}
     for i, m in enumerate(members):
         for k, v in m.model.state_dict().items():

@@ -147,7 +147,11 @@ async def read_upload(request: Any) -> tuple[bytes, str]:
 
 
 def create_app(
-    model_path: str | None = None, backend: str = "torch", device: str = "cpu", tta: str | None = None
+    model_path: str | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    tta: str | None = None,
+    precision: str = "fp32",
 ):
     """The FastAPI app serving `model_path` (None: the shipped model; `.onnx` with backend "onnx").
 
@@ -160,7 +164,7 @@ def create_app(
 
     from ferkit.inference import resolve_model_path
 
-    predictor, default_tta = load_model(model_path, backend, device)
+    predictor, default_tta = load_model(model_path, backend, device, precision)
     shown = resolve_model_path(model_path)
     tta = tta or default_tta
     lock = threading.Lock()
@@ -170,6 +174,7 @@ def create_app(
         "model": shown,
         "arch": describe_model(predictor),
         "backend": backend,
+        "precision": precision,
         "tta": tta,
     }
 
@@ -247,7 +252,8 @@ def url_of(sock: socket.socket, host: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise FerkitError(f"--port {args.port}: must be 0 to 65535")
-    app = create_app(args.model_path, args.backend, args.device, args.tta)  # model errors: before listening
+    # the model loads here, so its errors come before anything listens
+    app = create_app(args.model_path, args.backend, args.device, args.tta, args.precision)
     import uvicorn
 
     sock = bind(args.host, args.port)

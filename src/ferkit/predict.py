@@ -445,8 +445,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "--precision",
         choices=["fp32", "bf16", "fp16"],
         default="fp32",
-        help="torch backend: fp32 (default; the model card's numbers), or bf16/fp16 autocast (2-3x faster "
-        "on CPUs with bf16 units, fp16 on CUDA only; probabilities differ slightly)",
+        help="torch backend: fp32 (default; the model card's numbers), or bf16/fp16 autocast (about 2x "
+        "faster on CPUs with bf16 units, fp16 on CUDA only; probabilities differ slightly)",
     )
 
 

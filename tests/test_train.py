@@ -345,13 +345,14 @@ def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpo
 
     train_split = load_dataset(tiny_real_csv).split("Training")
     labels = torch.from_numpy(train_split.labels)
-    cfg = TrainConfig(teacher=str(tiny_checkpoint), distill=0.25, device="cpu")
-    targets = distillation_targets(cfg, train_split.images, labels)
-    teacher, _ = load_predictor(tiny_checkpoint, "cpu")
-    probs = torch.from_numpy(teacher.predict(train_split.images, "flip")).float()
-    expected = 0.25 * probs + 0.75 * torch.nn.functional.one_hot(labels, 7).float()
-    assert torch.allclose(targets, expected, atol=1e-6)
-    assert torch.allclose(targets.sum(1), torch.ones(len(labels)), atol=1e-5)
+    for name in (str(tiny_checkpoint), "ferkit-fer2013-fast"):  # a file, or a shipped model by name
+        cfg = TrainConfig(teacher=name, distill=0.25, device="cpu")
+        targets = distillation_targets(cfg, train_split.images, labels)
+        teacher, _ = load_predictor(name, "cpu")
+        probs = torch.from_numpy(teacher.predict(train_split.images, "flip")).float()
+        expected = 0.25 * probs + 0.75 * torch.nn.functional.one_hot(labels, 7).float()
+        assert torch.allclose(targets, expected, atol=1e-6)
+        assert torch.allclose(targets.sum(1), torch.ones(len(labels)), atol=1e-5)
 
 
 def test_vote_targets_mix_ferplus_votes_with_labels(real_data_path, real_ferplus_path) -> None:

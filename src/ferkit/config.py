@@ -54,7 +54,9 @@ class TrainConfig:
         maximum=1.0,
     )
     teacher: str = option(
-        "", "distil from this model (checkpoint, ensemble .json or model card): its flip-TTA probabilities"
+        "",
+        "distil from this model (checkpoint, ensemble .json, model card or shipped model's name): its "
+        "flip-TTA probabilities",
     )
     distill: float = option(
         0.5,

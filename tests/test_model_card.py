@@ -67,6 +67,27 @@ def test_ship_writes_safetensors_and_a_card_that_evaluate_agrees_with(
     assert np.abs(original.predict(faces) - shipped.predict(faces)).max() < 5e-3
 
 
+def test_int8_storage_is_smaller_and_keeps_the_predictions(
+    tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit
+) -> None:
+    half, int8 = tmp_path / "half.json", tmp_path / "int8.json"
+    assert ship(run_ferkit, tiny_checkpoint, half, tiny_real_csv).returncode == 0
+    proc = ship(run_ferkit, tiny_checkpoint, int8, tiny_real_csv, "--weights_dtype", "int8")
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads(int8.read_text())
+    assert card["weights_dtype"] == "int8"
+    assert card["parameters"] == json.loads(half.read_text())["parameters"]
+    size = {p: p.with_suffix(".safetensors").stat().st_size for p in (half, int8)}
+    assert size[int8] < 0.65 * size[half]
+    faces = load_dataset(tiny_real_csv).images[:64]
+    original = load_predictor(tiny_checkpoint, "cpu")[0].predict(faces)
+    stored = load_predictor(int8, "cpu")[0].predict(faces)
+    assert np.abs(original - stored).max() < 2e-2
+    assert (original.argmax(1) == stored.argmax(1)).mean() >= 0.95
+    report = evaluate_json(run_ferkit, tiny_real_csv, "PrivateTest", "--model_path", str(int8))
+    assert report["accuracy"] == pytest.approx(card["accuracy"]["PrivateTest"]["flip"], abs=1e-6)
+
+
 def test_an_ensemble_ships_as_one_file_with_its_weights(tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit):
     spec = tmp_path / "ens.json"
     save_ensemble_spec(spec, [str(tiny_checkpoint)] * 2, np.array([1.0, 3.0]), "none", "test")

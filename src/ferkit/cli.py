@@ -137,7 +137,14 @@ def cmd_ship(args: argparse.Namespace) -> int:
     if output.suffix != ".json":
         raise FerkitError(f"--output {output}: the model card is a .json file (weights go beside it)")
     card = write_model_card(
-        args.model_path, output, load_from_args(args), args.tta, args.command, args.name, args.batch_size
+        args.model_path,
+        output,
+        load_from_args(args),
+        args.tta,
+        args.command,
+        args.name,
+        args.batch_size,
+        args.weights_dtype,
     )
     print(f"{output} + {card['weights']} ({card['parameters']:,} parameters)")
     for split, acc in card["accuracy"].items():
@@ -251,6 +258,14 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     sh.add_argument("--tta", choices=["none", "flip", "tencrop"], default="flip", help="default TTA")
     sh.add_argument("--name", default="", help="model name (default: the card's file name)")
     sh.add_argument("--batch_size", "--batch-size", type=int, default=512)
+    sh.add_argument(
+        "--weights_dtype",
+        "--weights-dtype",
+        choices=["float16", "int8"],
+        default="float16",
+        help="storage: float16, or int8 convolution/linear weights with a scale per output channel "
+        "(a quarter of float32's size; the card's accuracy is measured on what is stored)",
+    )
     add_data_args(sh)
     sh.set_defaults(func=cmd_ship)
 

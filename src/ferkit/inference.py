@@ -192,11 +192,16 @@ def is_ensemble_spec(path: str | Path) -> bool:
     return str(path).endswith(".json")
 
 
+def _names_a_file(path: str | Path) -> bool:
+    """A path that exists or has a suffix is a file; otherwise it may be a shipped model's name."""
+    return Path(path).exists() or bool(Path(path).suffix)
+
+
 def is_shipped_name(path: str | Path) -> bool:
     """Whether `path` names a model shipped with ferkit rather than a file."""
     from ferkit.model_card import shipped_models
 
-    return not Path(path).exists() and not Path(path).suffix and str(path) in shipped_models()
+    return not _names_a_file(path) and str(path) in shipped_models()
 
 
 def resolve_model_path(path: str | None) -> str:
@@ -205,7 +210,7 @@ def resolve_model_path(path: str | None) -> str:
     from ferkit.model_card import SHIPPED_CARD, shipped_models
 
     if path:
-        if Path(path).exists() or Path(path).suffix:
+        if _names_a_file(path):
             return str(path)
         shipped = shipped_models()
         if path not in shipped:

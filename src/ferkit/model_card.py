@@ -4,7 +4,9 @@ The card (`*.json`, format `ferkit-model-card`) names its weights file, describe
 arguments, input size, normalisation, ensemble weight), the class names, the default test-time augmentation,
 the command that trained it, and the PublicTest/PrivateTest accuracy measured on the card's own weights by
 `ferkit.evaluate.evaluate_model`: the same code `ferkit evaluate` runs, so the two agree by construction.
-Weights are stored as float16 (half the size); accuracy is measured after that rounding.
+Weights are stored as float16 (half the size) or, with `weights_dtype="int8"`, convolution and linear weights
+as int8 with a float16 scale per output channel (a quarter of the size; biases and BatchNorm stay float16);
+accuracy is measured after that rounding.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_CARD = SHIPPED_DIR / "ferkit-fer2013.json"  # the default model
 MEMBER_KEYS = ("arch", "model_args", "input_size", "mean", "std")
 CARD_KEYS = ("weights", "members", "class_names")
+SCALE_PREFIX = "int8_scale:"  # safetensors key of an int8 tensor's per-output-channel scale
 
 
 def is_model_card(obj: dict[str, Any]) -> bool:
@@ -73,17 +76,13 @@ def model_from_card(
     if card.get("sha256") and sha256(weights_path) != card["sha256"]:
         raise FerkitError(f"{weights_path}: checksum differs from its card {card_path} (damaged or replaced)")
     try:
-        tensors = load_file(weights_path)
+        tensors = from_storage(load_file(weights_path))
     except (SafetensorError, OSError) as e:
         raise FerkitError(f"{weights_path}: not a readable safetensors file ({e})") from None
     members = []
     for i, member in enumerate(card["members"]):
         prefix = f"{i}."
-        state = {
-            k[len(prefix) :]: v.float() if v.is_floating_point() else v
-            for k, v in tensors.items()
-            if k.startswith(prefix)
-        }
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         payload = {k: member[k] for k in MEMBER_KEYS} | {
             "format": CHECKPOINT_FORMAT,
             "class_names": card["class_names"],
@@ -94,6 +93,31 @@ def model_from_card(
     if len(members) == 1:
         return members[0], tta
     return Ensemble(members, np.array([float(m["weight"]) for m in card["members"]])), tta
+
+
+def to_storage(key: str, value: torch.Tensor, weights_dtype: str) -> dict[str, torch.Tensor]:
+    """One state_dict entry as stored in a card's safetensors: float16, or (int8, for weights of two or
+    more dimensions) symmetric int8 with a float16 scale per output channel under SCALE_PREFIX + key."""
+    v = value.detach().cpu()
+    if not v.is_floating_point():
+        return {key: v.contiguous()}
+    if weights_dtype == "float16" or v.ndim < 2:
+        return {key: v.half().contiguous()}
+    amax = v.abs().amax(dim=tuple(range(1, v.ndim)), keepdim=True).float()
+    scale = (amax / 127).clamp_min(1e-12).half()
+    q = torch.round(v / scale.float()).clamp(-127, 127).to(torch.int8)
+    return {key: q.contiguous(), SCALE_PREFIX + key: scale.contiguous()}
+
+
+def from_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo `to_storage`: float32 tensors (int8 ones times their scale), integer buffers unchanged."""
+    out = {}
+    for k, v in tensors.items():
+        if k.startswith(SCALE_PREFIX):
+            continue
+        scale = tensors.get(SCALE_PREFIX + k)
+        out[k] = v.float() * scale.float() if scale is not None else v.float() if v.is_floating_point() else v
+    return out
 
 
 def git_commit() -> str:
@@ -116,9 +140,11 @@ def write_model_card(
     command: str,
     name: str = "",
     batch_size: int = 512,
+    weights_dtype: str = "float16",
 ) -> dict[str, Any]:
-    """Write `model_path` (a checkpoint or ensemble spec) as safetensors + card at `card_path`, with its
-    accuracy on PublicTest and PrivateTest (single-crop and `tta`) measured on the written files."""
+    """Write `model_path` (a checkpoint or ensemble spec) as safetensors (`weights_dtype`, see `to_storage`)
+    + card at `card_path`, with its accuracy on PublicTest and PrivateTest (single-crop and `tta`) measured
+    on the written files."""
     from safetensors.torch import save_file
 
     from ferkit.evaluate import evaluate_model
@@ -128,8 +154,7 @@ def write_model_card(
     tensors = {}
     for i, m in enumerate(members):
         for k, v in m.model.state_dict().items():
-            v = v.detach().cpu()
-            tensors[f"{i}.{k}"] = (v.half() if v.is_floating_point() else v).contiguous()
+            tensors |= to_storage(f"{i}.{k}", v, weights_dtype)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = card_path.with_suffix(".safetensors")
     tmp = weights_path.with_name(f".{weights_path.name}.tmp")
@@ -143,8 +168,13 @@ def write_model_card(
         "weights": weights_path.name,
         "sha256": sha256(weights_path),
         "parameters": int(
-            sum(v.numel() for k, v in tensors.items() if not k.endswith("num_batches_tracked"))
+            sum(
+                v.numel()
+                for k, v in tensors.items()
+                if not k.endswith("num_batches_tracked") and not k.startswith(SCALE_PREFIX)
+            )
         ),
+        "weights_dtype": weights_dtype,
         "members": [
             {k: m.ckpt[k] for k in MEMBER_KEYS} | {"weight": float(w)}
             for m, w in zip(members, weights, strict=True)

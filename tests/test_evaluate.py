@@ -127,6 +127,29 @@ def test_ensemble_reports_members_and_spec_is_accepted_by_evaluate(
     assert json.loads(proc.stdout)["accuracy"] == report["accuracy"]  # the spec keeps its TTA
 
 
+def test_precision_bf16_reports_what_bf16_inference_predicts(run_ferkit, tiny_real_csv, tiny_checkpoint):
+    def evaluate(command, *extra):
+        model = (
+            ("--model_path", tiny_checkpoint) if command == "evaluate" else ("--model_paths", tiny_checkpoint)
+        )
+        proc = run_ferkit(command, *model, "--data", tiny_real_csv, "--format", "json", *QUIET, *extra)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    fp32, bf16 = evaluate("evaluate"), evaluate("evaluate", "--precision", "bf16")
+    assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
+    data = load_dataset(tiny_real_csv).split("PrivateTest", labelled_only=True)
+    model, _ = load_predictor(tiny_checkpoint, "cpu", "bf16")
+    expected = classification_report(data.labels, model.predict(data.images), CLASS_NAMES)["accuracy"]
+    assert bf16["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert abs(bf16["accuracy"] - fp32["accuracy"]) < 0.05
+    assert evaluate("ensemble", "--precision", "bf16")["accuracy"] == pytest.approx(expected, abs=1e-9)
+    proc = run_ferkit(
+        "evaluate", "--model_path", tiny_checkpoint, "--data", tiny_real_csv, "--precision", "fp16"
+    )
+    assert_one_line_error(proc, "--precision fp16 needs a CUDA device")
+
+
 def test_ensemble_members_may_be_specs_cards_and_shipped_models(
     run_ferkit, tiny_real_csv, tiny_checkpoint, tmp_path
 ) -> None:

@@ -77,7 +77,7 @@ def test_seed_commands_work_as_written(tiny_real_csv: Path, tmp_path: Path) -> N
     eval_cmd = [sys.executable, str(REPO / "src/evaluate.py"), "--model_path", "models/best_model.pth"]
     proc = subprocess.run(eval_cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "on PrivateTest (tta: none): 140 images" in proc.stdout and "accuracy" in proc.stdout
+    assert "on PrivateTest (tta: none, fp32): 140 images" in proc.stdout and "accuracy" in proc.stdout
 
 
 def test_yaml_config_then_flags(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:

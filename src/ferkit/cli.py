@@ -126,6 +126,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.tta,
         args.batch_size,
         args.device,
+        args.precision,
     )
     return publish_report(args, report, data, probs)
 
@@ -164,6 +165,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         args.batch_size,
         args.device,
         args.save,
+        args.precision,
     )
     return publish_report(args, report, data, probs)
 
@@ -213,10 +215,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     """Options shared by `evaluate` and `ensemble`."""
+    from ferkit.predict import add_precision_arg
+
     add_data_args(p)
     p.add_argument("--split", default="PrivateTest", help="Training, PublicTest, PrivateTest, test or all")
     p.add_argument("--batch_size", "--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
+    add_precision_arg(p)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.add_argument("--predictions", help="CSV of per-image predictions (index, true, pred, probabilities)")
     p.add_argument(

@@ -36,17 +36,18 @@ def evaluate_model(
     tta: str | None = None,
     batch_size: int = 512,
     device: str = "auto",
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], FerDataset, np.ndarray]:
     """Report, faces and probabilities of a checkpoint or ensemble spec on the labelled rows of `split`.
 
-    `tta` None means the spec's default (none for a checkpoint).
+    `tta` None means the spec's default (none for a checkpoint); `precision` as `load_predictor` takes it.
     """
     check_batch_size(batch_size)
-    predictor, default_tta = load_predictor(model_path, device)
+    predictor, default_tta = load_predictor(model_path, device, precision)
     tta = tta or default_tta
     data = ds.split(split, labelled_only=True)
     probs = predictor.predict(data.images, tta, batch_size)
-    report = {"model_path": str(model_path), "split": split, "tta": tta}
+    report = {"model_path": str(model_path), "split": split, "tta": tta, "precision": precision}
     return report | classification_report(data.labels, probs, CLASS_NAMES), data, probs
 
 
@@ -59,13 +60,14 @@ def evaluate_ensemble(
     batch_size: int = 512,
     device: str = "auto",
     save: str | None = None,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], FerDataset, np.ndarray]:
     """Soft voting over models (checkpoints, specs, cards or shipped names; each one vote, however many
     networks it holds); weights uniform or fitted on PublicTest; each member reported too."""
     check_batch_size(batch_size)
     if not model_paths:
         raise FerkitError("an ensemble needs at least one --model_paths model")
-    members = [load_predictor(p, device)[0] for p in model_paths]
+    members = [load_predictor(p, device, precision)[0] for p in model_paths]
     fitted = ensemble_weights(members, ds, weights, tta, batch_size)
     fitted = fitted / fitted.sum()
     data = ds.split(split, labelled_only=True)
@@ -74,7 +76,12 @@ def evaluate_ensemble(
     reports = member_reports(list(map(str, model_paths)), members, member_probs, data.labels)
     for member, w in zip(reports, fitted, strict=True):
         member["weight"] = float(w)
-    report = {"model_path": "ensemble of " + ", ".join(map(str, model_paths)), "split": split, "tta": tta}
+    report = {
+        "model_path": "ensemble of " + ", ".join(map(str, model_paths)),
+        "split": split,
+        "tta": tta,
+        "precision": precision,
+    }
     report |= {
         "weights": weights,
         **classification_report(data.labels, probs, CLASS_NAMES),
@@ -133,7 +140,7 @@ def ensemble_weights(
 def format_report(r: dict[str, Any]) -> str:
     """A human-readable version of an evaluation report."""
     lines = [
-        f"{r['model_path']} on {r['split']} (tta: {r['tta']}): {r['num_images']} images",
+        f"{r['model_path']} on {r['split']} (tta: {r['tta']}, {r['precision']}): {r['num_images']} images",
         f"accuracy {r['accuracy']:.2%}   macro-F1 {r['macro_f1']:.4f}   ECE {r['ece']:.4f}",
     ]
     for m in r.get("members", []):

@@ -441,6 +441,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default="torch",
         help="torch (checkpoint or ensemble spec) or onnx (an exported .onnx on ONNX Runtime, CPU)",
     )
+    add_precision_arg(p)
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """--precision, as `predict`, `serve`, `evaluate` and `ensemble` take it."""
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "fp16"],

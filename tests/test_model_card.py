@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ferkit.data import load_dataset
+from ferkit.errors import FerkitError
 from ferkit.inference import load_predictor, save_ensemble_spec
-from ferkit.model_card import SHIPPED_CARD, SHIPPED_DIR, shipped_models
+from ferkit.model_card import SHIPPED_CARD, SHIPPED_DIR, shipped_models, to_storage
 
 SHIPPED_MAX_BYTES = 20 * 1024 * 1024
 
@@ -86,6 +88,8 @@ def test_int8_storage_is_smaller_and_keeps_the_predictions(
     assert (original.argmax(1) == stored.argmax(1)).mean() >= 0.95
     report = evaluate_json(run_ferkit, tiny_real_csv, "PrivateTest", "--model_path", str(int8))
     assert report["accuracy"] == pytest.approx(card["accuracy"]["PrivateTest"]["flip"], abs=1e-6)
+    with pytest.raises(FerkitError, match="weights_dtype 'int4'"):
+        to_storage("w", torch.ones(2, 2), "int4")
 
 
 def test_an_ensemble_ships_as_one_file_with_its_weights(tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit):

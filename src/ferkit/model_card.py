@@ -98,6 +98,8 @@ def model_from_card(
 def to_storage(key: str, value: torch.Tensor, weights_dtype: str) -> dict[str, torch.Tensor]:
     """One state_dict entry as stored in a card's safetensors: float16, or (int8, for weights of two or
     more dimensions) symmetric int8 with a float16 scale per output channel under SCALE_PREFIX + key."""
+    if weights_dtype not in ("float16", "int8"):
+        raise FerkitError(f"weights_dtype {weights_dtype!r}: expected float16 or int8")
     v = value.detach().cpu()
     if not v.is_floating_point():
         return {key: v.contiguous()}

@@ -118,7 +118,12 @@ def from_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if k.startswith(SCALE_PREFIX):
             continue
         scale = tensors.get(SCALE_PREFIX + k)
-        out[k] = v.float() * scale.float() if scale is not None else v.float() if v.is_floating_point() else v
+        if scale is not None:
+            out[k] = v.float() * scale.float()
+        elif v.is_floating_point():
+            out[k] = v.float()
+        else:
+            out[k] = v
     return out
 
 

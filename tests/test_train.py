@@ -355,6 +355,32 @@ def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpo
         assert torch.allclose(targets.sum(1), torch.ones(len(labels)), atol=1e-5)
 
 
+def test_teacher_probabilities_are_kept_for_a_resumed_run(tiny_checkpoint, tiny_real_csv, tmp_path) -> None:
+    from ferkit.config import TrainConfig
+    from ferkit.data import load_dataset
+    from ferkit.engine import teacher_probabilities
+
+    faces = load_dataset(tiny_real_csv).split("Training").images
+    cache = tmp_path / "teacher_probs.pt"
+    cfg = TrainConfig(teacher=str(tiny_checkpoint), device="cpu")
+    probs = teacher_probabilities(cfg, faces, cache)
+    assert torch.equal(torch.load(cache, weights_only=True)["probs"], probs)
+    # mark the cache, so reading it is told apart from running the teacher again
+    torch.save({"teacher": str(tiny_checkpoint), "probs": torch.full_like(probs, 1 / 7)}, cache)
+    resumed = TrainConfig(teacher=str(tiny_checkpoint), device="cpu", resume=True)
+    assert torch.equal(teacher_probabilities(resumed, faces, cache), torch.full_like(probs, 1 / 7))
+    assert torch.allclose(teacher_probabilities(cfg, faces, cache), probs)  # a fresh run: the teacher again
+    other = TrainConfig(teacher="ferkit-fer2013-fast", device="cpu", resume=True)
+    assert torch.load(cache, weights_only=True)["teacher"] == str(tiny_checkpoint)
+    assert not torch.allclose(
+        teacher_probabilities(other, faces, cache), probs
+    )  # another teacher: not reused
+    assert torch.load(cache, weights_only=True)["teacher"] == "ferkit-fer2013-fast"
+    assert torch.allclose(teacher_probabilities(resumed, faces[:10], cache), probs[:10])  # other faces
+    cache.write_bytes(b"damaged")
+    assert torch.allclose(teacher_probabilities(resumed, faces, cache), probs)
+
+
 def test_vote_targets_mix_ferplus_votes_with_labels(real_data_path, real_ferplus_path) -> None:
     from ferkit.data import load_dataset
     from ferkit.engine import vote_targets
@@ -397,6 +423,7 @@ def test_train_with_a_teacher_and_its_bad_options(
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["teacher"], saved["distill"]) == (str(tiny_checkpoint), 0.7)
+    assert torch.load(out / "teacher_probs.pt", weights_only=True)["teacher"] == str(tiny_checkpoint)
     assert_one_line_error(
         train(
             run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--teacher", tiny_checkpoint, "--distill", "1.5"

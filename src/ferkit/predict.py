@@ -435,13 +435,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         "(ferkit-fer2013, ferkit-fer2013-fast); with --backend onnx an .onnx from `ferkit export` "
         "(default: ferkit-fer2013)",
     )
+    add_backend_arg(p)
+    add_precision_arg(p)
+
+
+def add_backend_arg(p: argparse.ArgumentParser) -> None:
+    """--backend, as `predict`, `serve` and `evaluate` take it."""
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         default="torch",
         help="torch (checkpoint or ensemble spec) or onnx (an exported .onnx on ONNX Runtime, CPU)",
     )
-    add_precision_arg(p)
 
 
 def add_precision_arg(p: argparse.ArgumentParser) -> None:

@@ -6,8 +6,8 @@
 # 3. the three soft-voting with weights fitted on PublicTest (runs/ensemble3.json),
 # 4. the vgg recipe (60 epochs), and its PublicTest-weighted vote with the three (two votes, flip TTA),
 #    written with `ferkit ship` in int8: CARD,
-# 5. CARD distilled into the width-24 fast recipe (50 minutes), shipped single-crop as CARD's `-fast` twin.
-# About eight hours on a 2-core CPU (vgg alone 2.5-3.5). A finished step is skipped; an interrupted
+# 5. CARD distilled into the width-24 fast recipe (100 minutes), shipped single-crop as CARD's `-fast` twin.
+# About nine hours on a 2-core CPU (vgg alone 2.5-3.5). A finished step is skipped; an interrupted
 # training resumes.
 # PrivateTest is never read for a choice: checkpoints and ensemble weights come from PublicTest.
 set -euo pipefail

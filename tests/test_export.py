@@ -240,7 +240,9 @@ def test_int8_that_disagrees_is_refused(tiny_checkpoint, public_faces, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_export_int8_and_evaluate_it(run_ferkit, fast_int8, tiny_checkpoint, tiny_real_csv, tmp_path):
+def test_cli_export_int8_and_evaluate_it(
+    run_ferkit, fast_int8, tiny_checkpoint, tiny_onnx, tiny_real_csv, tmp_path
+):
     import json
 
     out = tmp_path / "int8.onnx"
@@ -262,6 +264,9 @@ def test_cli_export_int8_and_evaluate_it(run_ferkit, fast_int8, tiny_checkpoint,
     public = load_dataset(tiny_real_csv).split("PublicTest")
     accuracy = (OnnxPredictor(shipped_int8).predict(public.images).argmax(1) == public.labels).mean()
     assert report["accuracy"] == pytest.approx(accuracy) and report["accuracy"] > 0.5
+    args[2] = tiny_onnx[0]  # a float export
+    proc = run_ferkit(*args, "--split", "PublicTest", "--format", "json", "--wandb", "disabled")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["precision"] == "fp32", proc.stderr
     for extra, needle in (
         (["--model_path", tiny_checkpoint, "--backend", "onnx"], "takes an .onnx file written by"),
         (["--model_path", shipped_int8], "an ONNX model: pass --backend onnx"),

@@ -55,7 +55,7 @@ def evaluate_model(
     if backend == "onnx":  # ONNX Runtime runs the graph as exported: float32, or int8 (`export --quantize`)
         report |= {
             "backend": backend,
-            "precision": predictor.metadata.get("quantized", "fp32"),
+            "precision": "int8" if predictor.metadata.get("quantized") == "int8" else "fp32",
         }
     return report | classification_report(data.labels, probs, CLASS_NAMES), data, probs
 

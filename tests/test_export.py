@@ -18,6 +18,7 @@ from ferkit.export import (  # noqa: E402
     INPUT_NAME,
     OUTPUT_NAME,
     OnnxPredictor,
+    export_data,
     export_onnx,
     load_onnx_predictor,
     parity_faces,
@@ -348,11 +349,11 @@ def test_missing_onnxruntime_says_how_to_install(tiny_onnx, tiny_checkpoint, tmp
 
 
 def test_parity_faces(tiny_real_csv, tmp_path, monkeypatch):
-    faces, what = parity_faces(str(tiny_real_csv), False, 64)
+    faces, what = parity_faces(export_data(str(tiny_real_csv), False), 64)
     assert faces.shape == (64, 48, 48) and faces.dtype == np.uint8 and "64 PublicTest faces" in what
     monkeypatch.delenv("FERKIT_DATA", raising=False)
     monkeypatch.chdir(tmp_path)  # no ./data/fer2013.csv here
-    faces, what = parity_faces(None, False, 64)
+    faces, what = parity_faces(export_data(None, False), 64)
     assert faces is None and "random faces" in what and "--data" in what
 
 

@@ -30,6 +30,7 @@ from ferkit.errors import FerkitError
 if TYPE_CHECKING:
     from torch import nn
 
+    from ferkit.data.dataset import FerDataset
     from ferkit.inference import CheckpointModel, Ensemble
 
 INPUT_NAME = "images"
@@ -414,19 +415,24 @@ def load_onnx_predictor(path: str | Path, threads: int = 0) -> tuple[OnnxPredict
 
 
 # ----------------------------------------------------------------------------- CLI
-def parity_faces(data: str | None, skip_bad_rows: bool, n: int) -> tuple[np.ndarray | None, str]:
-    """The first `n` PublicTest faces (any split when there is none) and where they came from.
-
-    `data` None: $FERKIT_DATA or ./data/fer2013.csv when present, else (None, note): random faces.
-    """
+def export_data(data: str | None, skip_bad_rows: bool) -> FerDataset | None:
+    """The FER2013 data for export's parity check and int8 calibration, loaded once: `data`, or (None)
+    $FERKIT_DATA or ./data/fer2013.csv when present; None when there is none."""
     from ferkit.data import load_dataset, resolve_data_path
 
     if data is None:
         try:
             resolve_data_path(None)
         except FerkitError:
-            return None, "random faces (no FER2013 data found: pass --data for a check on real faces)"
-    ds = load_dataset(data, skip_bad_rows=skip_bad_rows)
+            return None
+    return load_dataset(data, skip_bad_rows=skip_bad_rows)
+
+
+def parity_faces(ds: FerDataset | None, n: int) -> tuple[np.ndarray | None, str]:
+    """The first `n` PublicTest faces of `ds` (any split when there is none) and where they came from;
+    (None, note) without data: random faces."""
+    if ds is None:
+        return None, "random faces (no FER2013 data found: pass --data for a check on real faces)"
     if "PublicTest" in ds.split_names():
         ds, what = ds.split("PublicTest"), "PublicTest faces"
     else:
@@ -434,18 +440,12 @@ def parity_faces(data: str | None, skip_bad_rows: bool, n: int) -> tuple[np.ndar
     return ds.images[:n], f"{min(n, len(ds))} {what} of {ds.source or 'the data'}"
 
 
-def calibration_faces(data: str | None, skip_bad_rows: bool, n: int = CALIBRATION_IMAGES) -> np.ndarray:
-    """`n` Training faces drawn at random (seed 0) for int8 calibration: never a test split's."""
-    from ferkit.data import load_dataset, resolve_data_path
-
-    if data is None:
-        try:
-            resolve_data_path(None)
-        except FerkitError:
-            raise FerkitError(
-                "--quantize int8 calibrates on FER2013 Training faces: pass --data (or set FERKIT_DATA)"
-            ) from None
-    ds = load_dataset(data, skip_bad_rows=skip_bad_rows)
+def calibration_faces(ds: FerDataset | None, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """`n` Training faces of `ds` drawn at random (seed 0) for int8 calibration: never a test split's."""
+    if ds is None:
+        raise FerkitError(
+            "--quantize int8 calibrates on FER2013 Training faces: pass --data (or set FERKIT_DATA)"
+        )
     if "Training" not in ds.split_names():
         raise FerkitError(f"--quantize int8: {ds.source} has no Training faces to calibrate on")
     return calibration_sample(ds.split("Training").images, n)
@@ -479,8 +479,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model_path = resolve_model_path(args.model_path)
     preflight(model_path, Path(args.output), args.opset)
-    calibration = calibration_faces(args.data, args.skip_bad_rows) if args.quantize == "int8" else None
-    faces, what = parity_faces(args.data, args.skip_bad_rows, args.check_images)
+    ds = export_data(args.data, args.skip_bad_rows)
+    calibration = calibration_faces(ds) if args.quantize == "int8" else None
+    faces, what = parity_faces(ds, args.check_images)
     result = export_onnx(model_path, Path(args.output), args.opset, faces, calibration=calibration)
     if result["random_faces"]:
         what = f"{result['images']} {what}"

@@ -271,6 +271,7 @@ def test_cli_export_int8_and_evaluate_it(
     for extra, needle in (
         (["--model_path", tiny_checkpoint, "--backend", "onnx"], "takes an .onnx file written by"),
         (["--model_path", shipped_int8], "an ONNX model: pass --backend onnx"),
+        (["--backend", "onnx"], "--backend onnx needs --model_path MODEL.onnx"),
     ):
         proc = run_ferkit("evaluate", *extra, "--data", tiny_real_csv, "--wandb", "disabled")
         assert proc.returncode == 1 and needle in proc.stderr and "Traceback" not in proc.stderr

@@ -237,11 +237,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(
 @pytest.mark.skipif(
     shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
 )
-def test_ddp_two_gloo_processes(tiny_real_csv: Path, tmp_path: Path) -> None:
+def test_ddp_two_gloo_processes(tiny_real_csv: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Two processes, distilling: rank 0 runs the teacher and sends its targets to rank 1."""
     out = tmp_path / "ddp"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     launcher = [torchrun, "--nproc_per_node", "2", "--master_port", "29517"]
-    python_m = ferkit_train_cmd(tiny_real_csv, out, *FAST, "--epochs", "2", "--device", "cpu")
+    teacher = ["--teacher", str(tiny_checkpoint), "--distill", "0.5"]
+    python_m = ferkit_train_cmd(tiny_real_csv, out, *FAST, "--epochs", "2", "--device", "cpu", *teacher)
     cmd = launcher + python_m[1:]  # torchrun runs `-m ferkit train ...` in place of `python -m ...`
     proc = subprocess.run(
         cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1")
@@ -250,6 +252,7 @@ def test_ddp_two_gloo_processes(tiny_real_csv: Path, tmp_path: Path) -> None:
     assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 prints and writes
     assert [r["epoch"] for r in metrics_rows(out)] == ["1", "2"]
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
+    assert torch.load(out / "teacher_probs.pt", weights_only=True)["teacher"] == str(tiny_checkpoint)
 
 
 def test_wandb_offline_run_records(run_ferkit, tiny_real_csv: Path, tmp_path: Path, inspect_wandb) -> None:

@@ -314,8 +314,8 @@ def vote_targets(share: float, labels: np.ndarray, votes: np.ndarray) -> torch.T
     """`share` x each face's FER+ vote distribution + the rest x its FER2013 label; a face without
     FER+ votes keeps its label."""
     onehot = F.one_hot(torch.from_numpy(labels), len(CLASS_NAMES)).float()
-    dist = torch.from_numpy(votes).float()
-    return torch.where(dist.sum(1, keepdim=True) > 0, share * dist + (1 - share) * onehot, onehot)
+    shares = torch.from_numpy(votes).float()
+    return torch.where(shares.sum(1, keepdim=True) > 0, share * shares + (1 - share) * onehot, onehot)
 
 
 def timestamped_run_dir(name: str) -> Path:
@@ -367,9 +367,14 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     train_targets = torch.from_numpy(train.soft_labels).to(device) if cfg.soft_labels else train_labels
     if cfg.ferplus_votes:
         train_targets = vote_targets(cfg.ferplus_votes, train.labels, train.soft_labels).to(device)
-    if cfg.teacher:
-        cache = out / TEACHER_CACHE if rank == 0 else None
-        train_targets = distillation_targets(cfg, train.images, train_targets, cache).to(device)
+    if cfg.teacher:  # rank 0 runs the teacher; the other processes receive its targets
+        if rank == 0:
+            train_targets = distillation_targets(cfg, train.images, train_targets, out / TEACHER_CACHE)
+        else:
+            train_targets = torch.empty(len(train.images), len(CLASS_NAMES))
+        train_targets = train_targets.to(device)
+        if world > 1:
+            dist.broadcast(train_targets, src=0)
     val_images = torch.from_numpy(val.images).to(device)
     val_labels = torch.from_numpy(val.labels)
 

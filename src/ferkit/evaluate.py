@@ -30,7 +30,7 @@ def check_batch_size(batch_size: int) -> None:
 
 
 def evaluate_model(
-    model_path: str,
+    model_path: str | None,
     ds: FerDataset,
     split: str,
     tta: str | None = None,

@@ -1,12 +1,13 @@
 """Accuracy benchmark: train a recipe, evaluate single-crop and TTA, append a row to bench/results.csv.
 
     python bench/accuracy.py RECIPE [--budget_minutes N] [--output_dir DIR] [--resume]
-    python bench/accuracy.py --ensemble NAME RUN_DIR RUN_DIR ... [--weights fit]
+    python bench/accuracy.py --ensemble NAME MODEL MODEL ... [--weights fit]
     python bench/accuracy.py --table [--update-readme]
 
 RECIPE is a file in configs/ (without .yaml). The run trains on Training, chooses its checkpoint on
 PublicTest, and reports PublicTest and PrivateTest accuracy with no TTA, flip and ten-crop TTA. An
-ensemble row soft-votes the best checkpoints of run folders (weights uniform, or fitted on PublicTest).
+ensemble row soft-votes models (a run folder stands for its best.pth; a spec, card or shipped model's name
+is one vote), weights uniform or fitted on PublicTest.
 PrivateTest is only reported: nothing reads it to choose. A long run survives interruption: rerun the
 same command with --resume. The README's accuracy table is generated from bench/results.csv.
 """
@@ -23,12 +24,16 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ferkit.classes import CLASS_NAMES
 from ferkit.cli import main as ferkit
 from ferkit.data import load_dataset
 from ferkit.engine import cpu_has_bf16
-from ferkit.evaluate import evaluate_ensemble, evaluate_model
+from ferkit.evaluate import evaluate_model
+from ferkit.inference import combine, fit_weights, load_predictor
+from ferkit.metrics import classification_report
 from ferkit.model_card import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,18 +52,44 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU{' (bf16)' if cpu_has_bf16() else ''}"
 
 
-def accuracies(model_path: str, ds, ensemble: list[str] | None = None, weights: str = "uniform") -> dict:
+TTAS = ("none", "flip", "tencrop")
+
+
+def accuracies(model_path: str, ds) -> dict:
     """PublicTest and PrivateTest accuracy for each TTA mode, and PrivateTest macro-F1 without TTA."""
     row = {}
     for split in ("PublicTest", "PrivateTest"):
-        for tta in ("none", "flip", "tencrop"):
-            if ensemble:
-                report, _, _ = evaluate_ensemble(ensemble, ds, split, weights, tta)
-            else:
-                report, _, _ = evaluate_model(model_path, ds, split, tta)
-            row[f"{'public' if split == 'PublicTest' else 'private'}_{tta}"] = round(report["accuracy"], 4)
-            if split == "PrivateTest" and tta == "none":
-                row["private_macro_f1"] = round(report["macro_f1"], 4)
+        for tta in TTAS:
+            report, _, _ = evaluate_model(model_path, ds, split, tta)
+            row.update(columns(split, tta, report))
+    return row
+
+
+def ensemble_accuracies(members: list[str], ds, weights: str) -> dict:
+    """As `accuracies`, for the soft vote of `members` (one vote each). Each member predicts each split and
+    TTA once; the weights are fitted on its PublicTest probabilities for that TTA (never PrivateTest)."""
+    predictors = [load_predictor(m)[0] for m in members]
+    public, private = (ds.split(s, labelled_only=True) for s in ("PublicTest", "PrivateTest"))
+    row = {}
+    for tta in TTAS:
+        public_probs = [m.predict(public.images, tta) for m in predictors]
+        w = fit_weights(public_probs, public.labels) if weights == "fit" else np.ones(len(members))
+        private_probs = [m.predict(private.images, tta) for m in predictors]
+        for split, data, probs in (
+            ("PublicTest", public, public_probs),
+            ("PrivateTest", private, private_probs),
+        ):
+            report = classification_report(data.labels, combine(probs, w), CLASS_NAMES)
+            row.update(columns(split, tta, report))
+        print(f"tta {tta}: weights {np.round(w / w.sum(), 3).tolist()}")
+    return row
+
+
+def columns(split: str, tta: str, report: dict) -> dict:
+    """The results.csv cells one (split, TTA) evaluation fills."""
+    row = {f"{'public' if split == 'PublicTest' else 'private'}_{tta}": round(report["accuracy"], 4)}
+    if split == "PrivateTest" and tta == "none":
+        row["private_macro_f1"] = round(report["macro_f1"], 4)
     return row
 
 
@@ -114,8 +145,8 @@ def run_recipe(args: argparse.Namespace) -> None:
 
 
 def run_ensemble(args: argparse.Namespace) -> None:
-    name, *runs = args.ensemble
-    members = [str(Path(r) / "best.pth") for r in runs]
+    name, *models = args.ensemble
+    members = [str(Path(m) / "best.pth") if Path(m).is_dir() else m for m in models]
     ds = load_dataset(args.data)
     row = {
         "recipe": name,
@@ -127,7 +158,7 @@ def run_ensemble(args: argparse.Namespace) -> None:
         "best_epoch": "",
         "command": f"ferkit ensemble --weights {args.weights} --model_paths " + " ".join(members),
     }
-    append(row | accuracies("", ds, members, args.weights))
+    append(row | ensemble_accuracies(members, ds, args.weights))
 
 
 def table() -> str:
@@ -159,7 +190,12 @@ def main() -> None:
     parser.add_argument("--output_dir")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--data", default=None, help="FER2013 (default $FERKIT_DATA)")
-    parser.add_argument("--ensemble", nargs="+", metavar="NAME RUN_DIR", help="NAME then run folders")
+    parser.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="NAME MODEL",
+        help="NAME, then run folders (their best.pth) or model files",
+    )
     parser.add_argument("--weights", choices=["uniform", "fit"], default="fit")
     parser.add_argument("--table", action="store_true", help="print the accuracy table from results.csv")
     parser.add_argument("--update-readme", action="store_true", help="with --table: write it into README.md")

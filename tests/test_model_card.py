@@ -36,9 +36,11 @@ def ship(run_ferkit, model: Path, card: Path, data: Path, *extra: str):
 
 
 def evaluate_json(run_ferkit, data: Path, split: str, *model_args: str) -> dict:
+    # the shipped ensemble takes about a minute on PrivateTest on 2 idle cores: room for a busy machine
     proc = run_ferkit(
-        "evaluate", *model_args, "--data", data, "--split", split, "--format", "json", "--wandb", "disabled"
-    )
+        "evaluate", *model_args, "--data", data, "--split", split, "--format", "json", "--wandb", "disabled",
+        timeout=600,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

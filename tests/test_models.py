@@ -61,6 +61,14 @@ def test_forward_backward(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_fresh_model_starts_with_small_logits(name: str) -> None:
+    """Large initial logits made efficientnet training from scratch collapse to the class prior."""
+    model = create_model(name)
+    logits = model(torch.rand(16, *model.default_cfg["input_size"]))
+    assert logits.std() < 1.0
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_inference_folds_batchnorm_without_changing_the_outputs(name: str) -> None:
     model = create_model(name, drop_rate=0.2)
     for _ in range(3):  # training-mode passes move the BatchNorm statistics away from the identity

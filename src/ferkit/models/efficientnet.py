@@ -10,6 +10,11 @@ from ferkit.models.torchvision_utils import replace_first_conv, torchvision_cfg
 def _efficientnet(arch: str, size: int, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
     model = getattr(models, arch)(num_classes=num_classes, dropout=drop_rate)
     replace_first_conv(model, "features.0.0", in_chans)
+    # torchvision draws the head from U(+-1/sqrt(num_classes)): fine for 1000 classes, but for 7 it starts
+    # with logits in the tens, and from scratch training collapsed to the class prior (25%, measured).
+    head: nn.Linear = model.classifier[-1]
+    nn.init.normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
     model.default_cfg = torchvision_cfg(arch, in_chans, size, "features.0.0", "classifier")
     return model
 

@@ -31,8 +31,9 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.cli import main as ferkit
 from ferkit.data import load_dataset
 from ferkit.engine import cpu_has_bf16
-from ferkit.evaluate import evaluate_model
-from ferkit.inference import combine, fit_weights, load_predictor
+from ferkit.errors import FerkitError
+from ferkit.evaluate import ensemble_weights, evaluate_model
+from ferkit.inference import combine, load_predictor
 from ferkit.metrics import classification_report
 from ferkit.model_card import git_commit
 
@@ -73,7 +74,7 @@ def ensemble_accuracies(members: list[str], ds, weights: str) -> dict:
     row = {}
     for tta in TTAS:
         public_probs = [m.predict(public.images, tta) for m in predictors]
-        w = fit_weights(public_probs, public.labels) if weights == "fit" else np.ones(len(members))
+        w = ensemble_weights(weights, len(members), lambda probs=public_probs: probs, public.labels)
         private_probs = [m.predict(private.images, tta) for m in predictors]
         for split, data, probs in (
             ("PublicTest", public, public_probs),
@@ -208,10 +209,11 @@ def main() -> None:
             _, tail = rest.split(TABLE_END)
             (ROOT / "README.md").write_text(f"{head}{TABLE_START}\n{text}\n{TABLE_END}{tail}")
         print(text)
-    elif args.ensemble:
-        run_ensemble(args)
-    elif args.recipe:
-        run_recipe(args)
+    elif args.ensemble or args.recipe:
+        try:
+            run_ensemble(args) if args.ensemble else run_recipe(args)
+        except FerkitError as e:
+            sys.exit(f"error: {e}")
     else:
         parser.error("give a RECIPE, --ensemble NAME RUN_DIR ..., or --table")
 

@@ -117,12 +117,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ferkit.evaluate import evaluate_model
-    from ferkit.inference import resolve_model_path
 
-    # the shipped model is the torch default; an ONNX model is always named (load_model says so)
-    model_path = resolve_model_path(args.model_path) if args.backend == "torch" else args.model_path
     report, data, probs = evaluate_model(
-        model_path,
+        args.model_path,
         load_from_args(args),
         args.split,
         args.tta,

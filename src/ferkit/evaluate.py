@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,11 @@ def evaluate_model(
     from ferkit.predict import load_model
 
     check_batch_size(batch_size)
-    predictor, default_tta = load_model(model_path, backend, device, precision)
+    predictor, default_tta, path = load_model(model_path, backend, device, precision)
     tta = tta or default_tta
     data = ds.split(split, labelled_only=True)
     probs = predictor.predict(data.images, tta, batch_size)
-    report = {"model_path": str(model_path), "split": split, "tta": tta, "precision": precision}
+    report = {"model_path": path, "split": split, "tta": tta, "precision": precision}
     if backend == "onnx":  # ONNX Runtime runs the graph as exported: float32, or int8 (`export --quantize`)
         report |= {
             "backend": backend,
@@ -77,7 +78,13 @@ def evaluate_ensemble(
     if not model_paths:
         raise FerkitError("an ensemble needs at least one --model_paths model")
     members = [load_predictor(p, device, precision)[0] for p in model_paths]
-    fitted = ensemble_weights(members, ds, weights, tta, batch_size)
+    public = ds.split("PublicTest", labelled_only=True)
+    fitted = ensemble_weights(
+        weights,
+        len(members),
+        lambda: [m.predict(public.images, tta, batch_size) for m in members],
+        public.labels,
+    )
     fitted = fitted / fitted.sum()
     data = ds.split(split, labelled_only=True)
     member_probs = [m.predict(data.images, tta, batch_size) for m in members]
@@ -135,15 +142,15 @@ def member_reports(
 
 
 def ensemble_weights(
-    members: list[Predictor], ds: FerDataset, mode: str, tta: str, batch_size: int
+    mode: str, count: int, public_probs: Callable[[], list[np.ndarray]], public_labels: np.ndarray
 ) -> np.ndarray:
-    """uniform, or fitted on PublicTest (never on PrivateTest, whatever split is reported)."""
+    """`count` members' weights: uniform, or fitted on their PublicTest probabilities (`public_probs`, called
+    only then; never PrivateTest's, whatever split is reported)."""
     if mode == "uniform":
-        return np.ones(len(members))
+        return np.ones(count)
     if mode != "fit":
         raise FerkitError(f"--weights {mode!r}: expected uniform or fit")
-    public = ds.split("PublicTest", labelled_only=True)
-    return fit_weights([m.predict(public.images, tta, batch_size) for m in members], public.labels)
+    return fit_weights(public_probs(), public_labels)
 
 
 def format_report(r: dict[str, Any]) -> str:

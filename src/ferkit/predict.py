@@ -165,9 +165,10 @@ def predict_image(
 
 def load_model(
     model_path: str | None, backend: str = "torch", device: str = "auto", precision: str = "fp32"
-) -> tuple[Any, str]:
-    """The predictor for `model_path` and its default TTA: a checkpoint (.pth), ensemble spec or model card
-    with `backend` "torch" (None: the shipped model), or an exported `.onnx` with "onnx" (ONNX Runtime, CPU).
+) -> tuple[Any, str, str]:
+    """The predictor for `model_path`, its default TTA and the path it came from: a checkpoint (.pth),
+    ensemble spec or model card with `backend` "torch" (None: the shipped model, whose card's path is
+    returned), or an exported `.onnx` with "onnx" (ONNX Runtime, CPU).
     """
     if backend not in BACKENDS:
         raise FerkitError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
@@ -180,13 +181,13 @@ def load_model(
             raise FerkitError(f"{model_path}: --backend onnx takes an .onnx file written by `ferkit export`")
         from ferkit.export import load_onnx_predictor
 
-        return load_onnx_predictor(model_path)
+        return *load_onnx_predictor(model_path), model_path
     from ferkit.inference import load_predictor, resolve_model_path  # torch: only once there is work
 
     path = resolve_model_path(model_path)
     if Path(path).suffix.lower() == ".onnx":
         raise FerkitError(f"{path}: an ONNX model: pass --backend onnx")
-    return load_predictor(path, device, precision)
+    return *load_predictor(path, device, precision), path
 
 
 def describe_model(predictor: Any) -> str:
@@ -247,7 +248,7 @@ def predict_paths(
         if out_dir.exists() and not out_dir.is_dir():
             raise FerkitError(f"--annotate {out_dir}: exists and is not a folder")
         out_dir.mkdir(parents=True, exist_ok=True)
-    predictor, default_tta = load_model(model_path, backend, device, precision)
+    predictor, default_tta, _ = load_model(model_path, backend, device, precision)
     batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir)
 
     results: list[dict[str, Any]] = []

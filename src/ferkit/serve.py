@@ -162,10 +162,7 @@ def create_app(
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from ferkit.inference import resolve_model_path
-
-    predictor, default_tta = load_model(model_path, backend, device, precision)
-    shown = resolve_model_path(model_path)
+    predictor, default_tta, shown = load_model(model_path, backend, device, precision)
     tta = tta or default_tta
     lock = threading.Lock()
     html = page_html()

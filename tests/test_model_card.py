@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, write_fer_csv
 from PIL import Image
 
 from ferkit.data import load_dataset
@@ -69,6 +70,24 @@ def test_ship_writes_safetensors_and_a_card_that_evaluate_agrees_with(
     shipped, tta = load_predictor(card_path, "cpu")
     assert tta == "flip"
     assert np.abs(original.predict(faces) - shipped.predict(faces)).max() < 5e-3
+
+
+def test_a_ship_that_cannot_measure_leaves_the_earlier_card_intact(
+    tmp_path, tiny_checkpoint, tiny_real_csv, real_dataset, run_ferkit
+) -> None:
+    card_path = tmp_path / "out" / "model.json"
+    assert ship(run_ferkit, tiny_checkpoint, card_path, tiny_real_csv).returncode == 0
+    before = {p.name: p.read_bytes() for p in card_path.parent.iterdir()}
+    rows = np.flatnonzero(real_dataset.splits == "PublicTest")[:200]  # measured on PublicTest, then fails
+    data = write_fer_csv(
+        tmp_path / "no_private.csv",
+        real_dataset.images[rows],
+        real_dataset.labels[rows],
+        real_dataset.splits[rows],
+    )
+    proc = ship(run_ferkit, tiny_checkpoint, card_path, data, "--weights_dtype", "int8")
+    assert_one_line_error(proc, "PrivateTest")
+    assert {p.name: p.read_bytes() for p in card_path.parent.iterdir()} == before
 
 
 def test_int8_storage_is_smaller_and_keeps_the_predictions(

@@ -164,16 +164,18 @@ def write_model_card(
             tensors |= to_storage(f"{i}.{k}", v, weights_dtype)
     card_path.parent.mkdir(parents=True, exist_ok=True)
     weights_path = card_path.with_suffix(".safetensors")
-    tmp = weights_path.with_name(f".{weights_path.name}.tmp")
-    save_file(tensors, tmp, metadata={"format": CARD_FORMAT, "card": card_path.name})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, weights_path)
+    # Written and measured as drafts beside the card, which take its place only once measured: an
+    # interrupted or failed ship leaves no card without its accuracy, and an earlier card intact.
+    draft = card_path.with_name(f".{card_path.stem}.draft.json")
+    draft_weights = draft.with_suffix(".safetensors")
+    save_file(tensors, draft_weights, metadata={"format": CARD_FORMAT, "card": card_path.name})
+    os.chmod(draft_weights, 0o644)
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "name": name or card_path.stem,
         "description": "Facial expression classifier for 48x48 grayscale faces (FER2013's 7 classes)",
-        "weights": weights_path.name,
-        "sha256": sha256(weights_path),
+        "weights": draft_weights.name,
+        "sha256": sha256(draft_weights),
         "parameters": int(
             sum(
                 v.numel()
@@ -196,14 +198,19 @@ def write_model_card(
         "data": ds.source,
         "checkpoint_selection": "PublicTest (PrivateTest is only reported)",
     }
-    write_json(card_path, card)
+    write_json(draft, card)
     accuracy: dict[str, dict[str, float]] = {}
-    for split in ("PublicTest", "PrivateTest"):
-        accuracy[split] = {}
-        for mode in dict.fromkeys(("none", tta)):
-            report, _, _ = evaluate_model(str(card_path), ds, split, mode, batch_size, "cpu")
-            accuracy[split][mode] = round(report["accuracy"], 6)
-    card["accuracy"] = accuracy
+    try:
+        for split in ("PublicTest", "PrivateTest"):
+            accuracy[split] = {}
+            for mode in dict.fromkeys(("none", tta)):
+                report, _, _ = evaluate_model(str(draft), ds, split, mode, batch_size, "cpu")
+                accuracy[split][mode] = round(report["accuracy"], 6)
+        os.replace(draft_weights, weights_path)
+    finally:
+        draft.unlink()
+        draft_weights.unlink(missing_ok=True)
+    card |= {"weights": weights_path.name, "accuracy": accuracy}
     write_json(card_path, card)
     return card
 

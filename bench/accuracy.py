@@ -209,13 +209,16 @@ def main() -> None:
             _, tail = rest.split(TABLE_END)
             (ROOT / "README.md").write_text(f"{head}{TABLE_START}\n{text}\n{TABLE_END}{tail}")
         print(text)
-    elif args.ensemble or args.recipe:
-        try:
-            run_ensemble(args) if args.ensemble else run_recipe(args)
-        except FerkitError as e:
-            sys.exit(f"error: {e}")
-    else:
+        return
+    if not (args.ensemble or args.recipe):
         parser.error("give a RECIPE, --ensemble NAME RUN_DIR ..., or --table")
+    try:
+        if args.ensemble:
+            run_ensemble(args)
+        else:
+            run_recipe(args)
+    except FerkitError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

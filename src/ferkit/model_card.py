@@ -198,9 +198,9 @@ def write_model_card(
         "data": ds.source,
         "checkpoint_selection": "PublicTest (PrivateTest is only reported)",
     }
-    write_json(draft, card)
     accuracy: dict[str, dict[str, float]] = {}
     try:
+        write_json(draft, card)
         for split in ("PublicTest", "PrivateTest"):
             accuracy[split] = {}
             for mode in dict.fromkeys(("none", tta)):
@@ -208,7 +208,7 @@ def write_model_card(
                 accuracy[split][mode] = round(report["accuracy"], 6)
         os.replace(draft_weights, weights_path)
     finally:
-        draft.unlink()
+        draft.unlink(missing_ok=True)
         draft_weights.unlink(missing_ok=True)
     card |= {"weights": weights_path.name, "accuracy": accuracy}
     write_json(card_path, card)

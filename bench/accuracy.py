@@ -74,7 +74,7 @@ def ensemble_accuracies(members: list[str], ds, weights: str) -> dict:
     row = {}
     for tta in TTAS:
         public_probs = [m.predict(public.images, tta) for m in predictors]
-        w = ensemble_weights(weights, len(members), lambda probs=public_probs: probs, public.labels)
+        w = ensemble_weights(weights, len(members), public_probs, public.labels)
         private_probs = [m.predict(private.images, tta) for m in predictors]
         for split, data, probs in (
             ("PublicTest", public, public_probs),

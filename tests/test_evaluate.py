@@ -16,6 +16,7 @@ from ferkit.checkpoint import load_checkpoint
 from ferkit.classes import CLASS_NAMES
 from ferkit.data import load_dataset
 from ferkit.data.transforms import tta_views
+from ferkit.engine import BF16_EMULATED_WARNING, cpu_has_bf16
 from ferkit.evaluate import evaluate_ensemble
 from ferkit.inference import CheckpointModel, load_predictor
 from ferkit.metrics import classification_report
@@ -134,16 +135,19 @@ def test_precision_bf16_reports_what_bf16_inference_predicts(run_ferkit, tiny_re
         )
         proc = run_ferkit(command, *model, "--data", tiny_real_csv, "--format", "json", *QUIET, *extra)
         assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)
+        return json.loads(proc.stdout), proc.stderr
 
-    fp32, bf16 = evaluate("evaluate"), evaluate("evaluate", "--precision", "bf16")
+    (fp32, fp32_err), (bf16, bf16_err) = evaluate("evaluate"), evaluate("evaluate", "--precision", "bf16")
+    # emulated bf16 is slower than fp32: the user is told so, on exactly the CPUs without bf16 units
+    assert BF16_EMULATED_WARNING not in fp32_err
+    assert (BF16_EMULATED_WARNING in bf16_err) == (not cpu_has_bf16())
     assert (fp32["precision"], bf16["precision"]) == ("fp32", "bf16")
     data = load_dataset(tiny_real_csv).split("PrivateTest", labelled_only=True)
     model, _ = load_predictor(tiny_checkpoint, "cpu", "bf16")
     expected = classification_report(data.labels, model.predict(data.images), CLASS_NAMES)["accuracy"]
     assert bf16["accuracy"] == pytest.approx(expected, abs=1e-9)
     assert abs(bf16["accuracy"] - fp32["accuracy"]) < 0.05
-    assert evaluate("ensemble", "--precision", "bf16")["accuracy"] == pytest.approx(expected, abs=1e-9)
+    assert evaluate("ensemble", "--precision", "bf16")[0]["accuracy"] == pytest.approx(expected, abs=1e-9)
     proc = run_ferkit(
         "evaluate", "--model_path", tiny_checkpoint, "--data", tiny_real_csv, "--precision", "fp16"
     )

@@ -63,6 +63,12 @@ def cpu_has_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+BF16_EMULATED_WARNING = (
+    "warning: --precision bf16: this CPU has no bfloat16 units (AVX-512 BF16 or AMX), so bf16 is emulated "
+    "and much slower than fp32 here; fp32 is the faster choice"
+)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device` (None: plain fp32)."""
     if precision == "auto":
@@ -71,6 +77,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if cpu_has_bf16() else None
     if precision == "fp16" and device.type == "cpu":
         raise FerkitError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        print(BF16_EMULATED_WARNING, file=sys.stderr)
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

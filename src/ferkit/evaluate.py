@@ -142,15 +142,18 @@ def member_reports(
 
 
 def ensemble_weights(
-    mode: str, count: int, public_probs: Callable[[], list[np.ndarray]], public_labels: np.ndarray
+    mode: str,
+    count: int,
+    public_probs: list[np.ndarray] | Callable[[], list[np.ndarray]],
+    public_labels: np.ndarray,
 ) -> np.ndarray:
-    """`count` members' weights: uniform, or fitted on their PublicTest probabilities (`public_probs`, called
-    only then; never PrivateTest's, whatever split is reported)."""
+    """`count` members' weights: uniform, or fitted on their PublicTest probabilities (`public_probs`: the
+    list, or a function computing it, called only then; never PrivateTest's, whatever split is reported)."""
     if mode == "uniform":
         return np.ones(count)
     if mode != "fit":
         raise FerkitError(f"--weights {mode!r}: expected uniform or fit")
-    return fit_weights(public_probs(), public_labels)
+    return fit_weights(public_probs() if callable(public_probs) else public_probs, public_labels)
 
 
 def format_report(r: dict[str, Any]) -> str:

@@ -378,3 +378,26 @@ def test_cli_one_line_errors(tmp_path, capsys, tiny_checkpoint, case) -> None:
     assert code != 0 and out == ""
     (line,) = lines
     assert line.startswith("ferkit: error:") and needle in line, line
+
+
+def test_using_a_model_imports_neither_torchvision_nor_wandb(tmp_path, faces) -> None:
+    """Predicting with a shipped model needs neither: their imports would double predict's start-up (about
+    2.5 s against 5 s on a 2-core CPU). A torchvision model still builds, importing torchvision then."""
+    import subprocess
+    import sys
+
+    face = tmp_path / "face.png"
+    Image.fromarray(faces[0]).save(face)
+    script = (
+        "import sys\n"
+        "from ferkit.predict import predict_paths\n"
+        f"results, failed = predict_paths([{str(face)!r}], None, detect=False, progress=False)\n"
+        "assert results[0]['faces'] and not failed, (results, failed)\n"
+        "loaded = sorted({'torchvision', 'wandb'} & set(sys.modules))\n"
+        "assert not loaded, loaded\n"
+        "from ferkit.models import create_model\n"
+        "create_model('resnet18')\n"
+        "assert 'torchvision' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -8,6 +8,9 @@ Files in ``output_dir``:
   so that, say, an evaluation in the same folder never takes over the training run).
 - ``wandb/``: everything W&B writes, including its artifact staging area and cache (never under ``$HOME``).
 
+wandb is imported only when a run uses it: its import takes about a second, which commands that track
+nothing (predict, export, serve, ``--wandb disabled``) need not pay.
+
 Every file is replaced atomically (temporary file in the same folder, then ``os.replace``), so a killed
 process leaves either the old or the new version, never half of one.
 """
@@ -24,12 +27,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import wandb
 
 from ferkit.errors import FerkitError
+
+if TYPE_CHECKING:
+    import wandb
 
 MODES: tuple[str, ...] = ("online", "offline", "disabled", "auto")
 METRICS_FILE = "metrics.csv"
@@ -57,6 +62,8 @@ def requested_mode(mode: str) -> str:
 def has_wandb_credentials() -> bool:
     """Whether W&B credentials are configured (``WANDB_API_KEY``, ``wandb login``'s netrc entry, a settings
     file), checked locally without any server request. Starts W&B's service process."""
+    import wandb
+
     # Silent: otherwise login() prints a banner, looking the account up on the server for it.
     wandb.setup(wandb.Settings(silent=True))
     return wandb.login(prompt=False, verify=False)
@@ -143,6 +150,8 @@ class Tracker:
         """Start (or resume) the W&B run, keeping all of W&B's files inside ``output_dir/wandb``."""
         if mode == "disabled":
             return
+        import wandb
+
         for var, sub in _WANDB_DIR_VARS.items():
             self._saved_env[var] = os.environ.get(var)
             os.environ[var] = str(self.output_dir / "wandb" / sub)
@@ -255,6 +264,8 @@ class Tracker:
             raise ValueError(f"{len(y_true)} true labels but {len(y_pred)} predictions")
 
         def log(run: Any) -> None:
+            import wandb
+
             chart = wandb.plot.confusion_matrix(
                 y_true=np.asarray(y_true).tolist(),
                 preds=np.asarray(y_pred).tolist(),
@@ -287,6 +298,8 @@ class Tracker:
             )
 
         def log(run: Any) -> None:
+            import wandb
+
             table = wandb.Table(columns=["image", "true", "pred", *(f"p_{name}" for name in class_names)])
             for image, label, p in zip(images, labels, probs, strict=True):
                 table.add_data(wandb.Image(image), class_names[label], class_names[p.argmax()], *p.tolist())
@@ -306,6 +319,8 @@ class Tracker:
             raise FileNotFoundError(f"no model file {path}")
 
         def log(run: Any) -> None:
+            import wandb
+
             artifact = wandb.Artifact(
                 f"model-{_safe_name(self._run_name or run.id)}", "model", metadata=metadata
             )
@@ -352,6 +367,8 @@ def model_reference(artifact_or_path: str | Path) -> wandb.Artifact | str:
     path = Path(artifact_or_path)
     if not path.is_file():
         return str(artifact_or_path)
+    import wandb
+
     path = path.resolve()
     artifact = wandb.Artifact(f"model-{_safe_name(path.parent.name)}-{_safe_name(path.stem)}", type="model")
     artifact.add_reference(path.as_uri())

@@ -1,14 +1,13 @@
 """torchvision EfficientNets at CPU-friendly input sizes."""
 
 from torch import nn
-from torchvision import models
 
 from ferkit.models.registry import register_model
-from ferkit.models.torchvision_utils import replace_first_conv, torchvision_cfg
+from ferkit.models.torchvision_utils import replace_first_conv, torchvision_cfg, torchvision_models
 
 
 def _efficientnet(arch: str, size: int, num_classes: int, in_chans: int, drop_rate: float) -> nn.Module:
-    model = getattr(models, arch)(num_classes=num_classes, dropout=drop_rate)
+    model = getattr(torchvision_models(), arch)(num_classes=num_classes, dropout=drop_rate)
     replace_first_conv(model, "features.0.0", in_chans)
     # torchvision draws the head from U(+-1/sqrt(num_classes)): fine for 1000 classes, but for 7 it starts
     # with logits in the tens, and from scratch training collapsed to the class prior (25%, measured).

@@ -4,7 +4,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
@@ -80,7 +79,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _download(arch: str, weights_name: str | None) -> dict[str, torch.Tensor]:
     if weights_name is None:
         raise FerkitError(f"model {arch!r} has no ImageNet weights; use pretrained=False or pretrained=PATH")
-    weights = torchvision.models.get_weight(weights_name)
+    from torchvision.models import get_weight  # see ferkit.models.torchvision_utils
+
+    weights = get_weight(weights_name)
     try:
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except Exception as err:  # network, hash or cache failure: all mean the weights are unavailable

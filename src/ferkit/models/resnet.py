@@ -1,11 +1,10 @@
 """torchvision ResNets, with a small-image stem for training from scratch at 48x48."""
 
 from torch import nn
-from torchvision import models
 
 from ferkit.errors import FerkitError
 from ferkit.models.registry import register_model
-from ferkit.models.torchvision_utils import replace_first_conv, torchvision_cfg
+from ferkit.models.torchvision_utils import replace_first_conv, torchvision_cfg, torchvision_models
 
 STEM_INPUT_SIZE = {"small": 48, "imagenet": 112}
 
@@ -16,7 +15,7 @@ def _resnet(arch: str, num_classes: int, in_chans: int, drop_rate: float, pretra
     stem = stem or ("imagenet" if pretrained else "small")
     if stem not in STEM_INPUT_SIZE:
         raise FerkitError(f"unknown stem {stem!r} for {arch}; choose one of: {', '.join(STEM_INPUT_SIZE)}")
-    model = getattr(models, arch)(num_classes=num_classes)
+    model = getattr(torchvision_models(), arch)(num_classes=num_classes)
     if stem == "small":
         replace_first_conv(model, "conv1", in_chans, kernel_size=3, stride=1, padding=1)
         model.maxpool = nn.Identity()

@@ -1,9 +1,21 @@
-"""Helpers shared by the torchvision-based architectures."""
+"""Helpers shared by the torchvision-based architectures.
+
+Each builds its torchvision model through `torchvision_models`: torchvision is imported only when such a
+model is built, since its import takes 1-2 s (it loads torch._dynamo) that every command would pay.
+"""
+
+from types import ModuleType
 
 from torch import nn
-from torchvision.models import get_model_weights
 
 from ferkit.models.pretrained import imagenet_stats
+
+
+def torchvision_models() -> ModuleType:
+    """`torchvision.models`, imported on first use."""
+    from torchvision import models
+
+    return models
 
 
 def replace_first_conv(model: nn.Module, path: str, in_chans: int, **overrides) -> None:
@@ -34,5 +46,5 @@ def torchvision_cfg(arch: str, in_chans: int, size: int, first_conv: str, classi
         "std": std,
         "first_conv": first_conv,
         "classifier": classifier,
-        "weights": str(get_model_weights(arch).DEFAULT),
+        "weights": str(torchvision_models().get_model_weights(arch).DEFAULT),
     }

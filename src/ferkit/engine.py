@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -69,6 +70,12 @@ BF16_EMULATED_WARNING = (
 )
 
 
+@functools.cache
+def warn_bf16_emulated() -> None:
+    """Print BF16_EMULATED_WARNING, once a process (an ensemble asks for each of its members)."""
+    print(BF16_EMULATED_WARNING, file=sys.stderr)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision` on `device` (None: plain fp32)."""
     if precision == "auto":
@@ -78,7 +85,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type == "cpu":
         raise FerkitError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        print(BF16_EMULATED_WARNING, file=sys.stderr)
+        warn_bf16_emulated()
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

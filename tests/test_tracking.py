@@ -199,6 +199,19 @@ def test_wandb_failures_fall_back_to_csv(
     assert [e["exit_code"] for e in inspect_wandb(tmp_path / "log")["exit"]] == [1]  # closed as failed
 
 
+def test_without_wandb_installed_tracking_falls_back_to_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now fails as if it were not installed
+    tracker = Tracker(tmp_path, {}, mode="offline")
+    tracker.log_epoch({"epoch": 1, "val_acc": 0.5})
+    tracker.finish()
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("warning: W&B could not start (ModuleNotFoundError: ")
+    assert warning.endswith("continuing with CSV/JSON only") and not (tmp_path / "wandb").exists()
+    assert [r["val_acc"] for r in read_csv(tmp_path / "metrics.csv")[1]] == ["0.5"]
+
+
 @pytest.mark.parametrize("key", ["", "x" * 40])
 def test_credentials_check_is_local(tmp_path: Path, key: str) -> None:
     """Run in a subprocess: a successful check logs the whole process in, and tests must stay offline."""

@@ -150,8 +150,6 @@ class Tracker:
         """Start (or resume) the W&B run, keeping all of W&B's files inside ``output_dir/wandb``."""
         if mode == "disabled":
             return
-        import wandb
-
         for var, sub in _WANDB_DIR_VARS.items():
             self._saved_env[var] = os.environ.get(var)
             os.environ[var] = str(self.output_dir / "wandb" / sub)
@@ -160,6 +158,8 @@ class Tracker:
         )
         run_id = id_file.read_text().strip() if resume_epoch is not None and id_file.exists() else None
         try:
+            import wandb  # a missing install, too, only means "continue without W&B"
+
             if mode == "auto":
                 mode = "online" if has_wandb_credentials() else "offline"
             self._run = wandb.init(

@@ -129,7 +129,9 @@ class BatchTransform:
 
 
 TTA_MODES = ("none", "flip", "tencrop")
-TENCROP_PAD = 4
+# shifts of up to 2 pixels, as 44x44 crops of a 48x48 face: chosen on PublicTest with the shipped models
+# (ensemble 71.22% with 2 against 71.05% with 4 and 70.86% with 1; fast model 69.99% against 69.55%)
+TENCROP_PAD = 2
 
 
 def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:

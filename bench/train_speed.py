@@ -179,6 +179,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=6, help="with --fp32_variants: interleaved rounds")
     args = parser.parse_args()
+    if args.rounds < 1 or args.batches < 1:
+        parser.error("--rounds and --batches must be at least 1")
 
     train = load_dataset(args.data).split("Training")
     dtype = autocast_dtype("auto", torch.device("cpu"))

@@ -252,7 +252,6 @@ def test_ddp_two_gloo_processes(tiny_real_csv: Path, tiny_checkpoint: Path, tmp_
     assert proc.stdout.count("epoch 1/2") == 1  # only rank 0 prints and writes
     assert [r["epoch"] for r in metrics_rows(out)] == ["1", "2"]
     assert load_checkpoint(out / "last.pth")["epoch"] == 2
-    assert torch.load(out / "teacher_probs.pt", weights_only=True)["teacher"] == str(tiny_checkpoint)
 
 
 def test_wandb_offline_run_records(run_ferkit, tiny_real_csv: Path, tmp_path: Path, inspect_wandb) -> None:
@@ -358,30 +357,36 @@ def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpo
         assert torch.allclose(targets.sum(1), torch.ones(len(labels)), atol=1e-5)
 
 
-def test_teacher_probabilities_are_kept_for_a_resumed_run(tiny_checkpoint, tiny_real_csv, tmp_path) -> None:
+def test_teacher_probabilities_are_cached_by_content(
+    tiny_checkpoint, tiny_real_csv, tmp_path, monkeypatch
+) -> None:
+    """The teacher runs once per (weights, faces): the next student of it reads the cached file, wherever
+    the teacher's file lies; other weights or other faces get their own entry; a damaged one is rebuilt."""
+    import shutil
+
     from ferkit.config import TrainConfig
     from ferkit.data import load_dataset
-    from ferkit.engine import teacher_probabilities
+    from ferkit.engine import teacher_key, teacher_probabilities
+    from ferkit.inference import load_predictor
 
+    monkeypatch.setenv("FERKIT_CACHE_DIR", str(tmp_path / "cache"))
     faces = load_dataset(tiny_real_csv).split("Training").images
-    cache = tmp_path / "teacher_probs.pt"
     cfg = TrainConfig(teacher=str(tiny_checkpoint), device="cpu")
-    probs = teacher_probabilities(cfg, faces, cache)
-    assert torch.equal(torch.load(cache, weights_only=True)["probs"], probs)
-    # mark the cache, so reading it is told apart from running the teacher again
-    torch.save({"teacher": str(tiny_checkpoint), "probs": torch.full_like(probs, 1 / 7)}, cache)
-    resumed = TrainConfig(teacher=str(tiny_checkpoint), device="cpu", resume=True)
-    assert torch.equal(teacher_probabilities(resumed, faces, cache), torch.full_like(probs, 1 / 7))
-    assert torch.allclose(teacher_probabilities(cfg, faces, cache), probs)  # a fresh run: the teacher again
-    other = TrainConfig(teacher="ferkit-fer2013-fast", device="cpu", resume=True)
-    assert torch.load(cache, weights_only=True)["teacher"] == str(tiny_checkpoint)
-    assert not torch.allclose(
-        teacher_probabilities(other, faces, cache), probs
-    )  # another teacher: not reused
-    assert torch.load(cache, weights_only=True)["teacher"] == "ferkit-fer2013-fast"
-    assert torch.allclose(teacher_probabilities(resumed, faces[:10], cache), probs[:10])  # other faces
-    cache.write_bytes(b"damaged")
-    assert torch.allclose(teacher_probabilities(resumed, faces, cache), probs)
+    probs = teacher_probabilities(cfg, faces)
+    [file] = (tmp_path / "cache").glob("teacher-*.pt")
+    assert file.name == f"teacher-{teacher_key(load_predictor(cfg.teacher, 'cpu')[0], faces)}.pt"
+    assert torch.equal(torch.load(file, weights_only=True), probs)
+    mark = torch.full_like(probs, 1 / 7)  # so reading the entry is told apart from running the teacher
+    torch.save(mark, file)
+    copy = shutil.copy(tiny_checkpoint, tmp_path / "elsewhere.pth")
+    assert torch.equal(teacher_probabilities(TrainConfig(teacher=copy, device="cpu"), faces), mark)
+    other = TrainConfig(teacher="ferkit-fer2013-fast", device="cpu")
+    assert not torch.allclose(teacher_probabilities(other, faces), probs)  # another teacher: its own entry
+    assert torch.allclose(teacher_probabilities(cfg, faces[:10]), probs[:10])  # other faces: their own
+    assert len(list((tmp_path / "cache").glob("teacher-*.pt"))) == 3
+    file.write_bytes(b"damaged")
+    assert torch.allclose(teacher_probabilities(cfg, faces), probs)
+    assert torch.equal(torch.load(file, weights_only=True), probs)
 
 
 def test_vote_targets_mix_ferplus_votes_with_labels(real_data_path, real_ferplus_path) -> None:
@@ -426,7 +431,8 @@ def test_train_with_a_teacher_and_its_bad_options(
     assert proc.returncode == 0, proc.stderr
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["teacher"], saved["distill"]) == (str(tiny_checkpoint), 0.7)
-    assert torch.load(out / "teacher_probs.pt", weights_only=True)["teacher"] == str(tiny_checkpoint)
+    again = train(run_ferkit, tiny_real_csv, tmp_path / "s2", *FAST, "--teacher", tiny_checkpoint)
+    assert again.returncode == 0 and "teacher:" not in again.stdout  # its probabilities come from the cache
     assert_one_line_error(
         train(
             run_ferkit, tiny_real_csv, tmp_path / "a", *FAST, "--teacher", tiny_checkpoint, "--distill", "1.5"

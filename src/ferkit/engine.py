@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import os
 import shutil
@@ -27,6 +28,7 @@ from ferkit.checkpoint import atomic_save, load_checkpoint, model_payload
 from ferkit.classes import CLASS_NAMES
 from ferkit.config import TrainConfig
 from ferkit.data import class_weights, load_dataset
+from ferkit.data.cache import cache_dir
 from ferkit.data.transforms import BatchTransform, mix_batch, to_float, tta_views
 from ferkit.errors import FerkitError
 from ferkit.metrics import classification_report
@@ -291,35 +293,45 @@ def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plate
 
 
 # ----------------------------------------------------------------------------- fit
-TEACHER_CACHE = "teacher_probs.pt"
+def teacher_key(teacher: Any, faces: np.ndarray) -> str:
+    """A digest of what the teacher's flip-TTA probabilities depend on: each member's architecture,
+    preprocessing, weights and vote, and the faces' pixels (not the paths they came from)."""
+    from ferkit.inference import members_and_weights  # inference builds on this module
+
+    h = hashlib.blake2b(b"teacher|flip|", digest_size=16)
+    for member, weight in zip(*members_and_weights(teacher), strict=True):
+        ck = member.ckpt
+        h.update(f"{member.arch}|{ck['input_size']}|{ck['mean']}|{ck['std']}|{weight:.17g}|".encode())
+        for name, t in member.model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    h.update(np.ascontiguousarray(faces))
+    return h.hexdigest()
 
 
-def teacher_probabilities(cfg: TrainConfig, faces: np.ndarray, cache: Path | None = None) -> torch.Tensor:
-    """The teacher's flip-TTA probabilities on `faces`. With `cache` (a run folder's TEACHER_CACHE) they
-    are written there, and a `--resume` of the same run reads them back instead of running the teacher
-    again (minutes for an ensemble on a CPU); a cache made for another teacher or other faces is ignored."""
-    from ferkit.inference import load_predictor  # inference builds on this module
+def teacher_probabilities(cfg: TrainConfig, faces: np.ndarray) -> torch.Tensor:
+    """The teacher's flip-TTA probabilities on `faces`, kept in the cache folder under `teacher_key`: a
+    resumed run, or the next student of the same teacher, reads them back instead of running the
+    teacher again (20 minutes for the shipped ensemble on an AVX2 CPU)."""
+    from ferkit.inference import load_predictor
 
-    if cache is not None and cfg.resume and cache.is_file():
-        try:
-            saved = torch.load(cache, map_location="cpu", weights_only=True)
-            if saved["teacher"] == cfg.teacher and saved["probs"].shape == (len(faces), len(CLASS_NAMES)):
-                return saved["probs"]
-        except Exception:  # damaged or foreign: run the teacher again and rewrite the cache
-            pass
     teacher, _ = load_predictor(cfg.teacher, cfg.device)
+    file = cache_dir() / f"teacher-{teacher_key(teacher, faces)}.pt"
+    with contextlib.suppress(Exception):  # missing or damaged: run the teacher and rewrite the file
+        probs = torch.load(file, map_location="cpu", weights_only=True)
+        if probs.shape == (len(faces), len(CLASS_NAMES)):
+            return probs
+    print(f"teacher: {cfg.teacher} on {len(faces)} training faces (flip TTA), once", flush=True)
     probs = torch.from_numpy(teacher.predict(faces, "flip")).float()
-    if cache is not None:
-        atomic_save({"teacher": cfg.teacher, "probs": probs}, cache)
+    with contextlib.suppress(OSError):  # an unwritable cache only costs time
+        atomic_save(probs, file)
     return probs
 
 
-def distillation_targets(
-    cfg: TrainConfig, faces: np.ndarray, targets: torch.Tensor, cache: Path | None = None
-) -> torch.Tensor:
+def distillation_targets(cfg: TrainConfig, faces: np.ndarray, targets: torch.Tensor) -> torch.Tensor:
     """Knowledge distillation with fixed soft targets: `cfg.distill` x the teacher's flip-TTA probabilities
     on the (unaugmented) training faces + the rest x the labels (class indices or FER+ distributions)."""
-    probs = teacher_probabilities(cfg, faces, cache)
+    probs = teacher_probabilities(cfg, faces)
     targets = targets.cpu()
     labels = F.one_hot(targets, len(CLASS_NAMES)).float() if targets.dim() == 1 else targets.float()
     return cfg.distill * probs + (1 - cfg.distill) * labels
@@ -384,7 +396,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         train_targets = vote_targets(cfg.ferplus_votes, train.labels, train.soft_labels).to(device)
     if cfg.teacher:  # rank 0 runs the teacher; the other processes receive its targets
         if rank == 0:
-            train_targets = distillation_targets(cfg, train.images, train_targets, out / TEACHER_CACHE)
+            train_targets = distillation_targets(cfg, train.images, train_targets)
         else:
             train_targets = torch.empty(len(train.images), len(CLASS_NAMES))
         train_targets = train_targets.to(device)

@@ -312,7 +312,7 @@ def teacher_key(teacher: Any, faces: np.ndarray) -> str:
 def teacher_probabilities(cfg: TrainConfig, faces: np.ndarray) -> torch.Tensor:
     """The teacher's flip-TTA probabilities on `faces`, kept in the cache folder under `teacher_key`: a
     resumed run, or the next student of the same teacher, reads them back instead of running the
-    teacher again (20 minutes for the shipped ensemble on an AVX2 CPU)."""
+    teacher again (21 minutes for the shipped ensemble on an AVX2 CPU)."""
     from ferkit.inference import load_predictor
 
     teacher, _ = load_predictor(cfg.teacher, cfg.device)

@@ -92,6 +92,19 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing", minimum=0.0, maximum=1.0)
     class_weights: str = option("none", "class-weighted loss", ("none", "inverse", "effective"))
     augment: str = option("standard", "augmentation preset", ("none", "flip", "standard", "strong"))
+    progressive_resize: int = option(
+        0,
+        "progressive resizing: train at this side length first, growing in 4-pixel steps to the model's "
+        "input size by --progressive_until (0: off)",
+        minimum=0,
+    )
+    progressive_until: float = option(
+        0.75,
+        "with --progressive_resize: the fraction of training (epochs, or the time budget) from which it "
+        "trains at full size",
+        minimum=0.0,
+        maximum=1.0,
+    )
     mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
     cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     ema: float = option(

@@ -33,7 +33,7 @@ from ferkit.data.transforms import BatchTransform, mix_batch, to_float, tta_view
 from ferkit.errors import FerkitError
 from ferkit.metrics import classification_report
 from ferkit.models import backbone_and_head, create_model
-from ferkit.schedule import Plateau, lr_factor
+from ferkit.schedule import Plateau, lr_factor, progressive_size
 from ferkit.tracking import Tracker
 
 
@@ -420,6 +420,11 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     mcfg = model.default_cfg
     train_tf = BatchTransform(mcfg["input_size"], mcfg["mean"], mcfg["std"], cfg.augment, channels_last)
     eval_tf = BatchTransform(mcfg["input_size"], mcfg["mean"], mcfg["std"], "none", channels_last)
+    if cfg.progressive_resize and not 16 <= cfg.progressive_resize <= min(train_tf.size):
+        raise FerkitError(
+            f"--progressive_resize {cfg.progressive_resize}: expected 16 to {min(train_tf.size)} "
+            f"({cfg.model}'s input side), or 0 for off"
+        )
     weights = class_weights(train.labels, cfg.class_weights)
     loss_weight = None if cfg.class_weights == "none" else torch.from_numpy(weights).to(device)
     optimizer = build_optimizer(model, cfg)
@@ -516,6 +521,18 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         return set_epoch_lr(progress)
 
     deadline = run_start + budget - elapsed if budget else None
+
+    def train_size(epoch: int) -> tuple[int, int]:
+        """The epoch's training image size: the model's, or smaller early on under progressive resizing."""
+        if not cfg.progressive_resize:
+            return train_tf.size
+        fraction = max((epoch - 1) / cfg.epochs, spent() / budget if budget else 0.0)
+        h, w = (
+            progressive_size(fraction, cfg.progressive_resize, full, cfg.progressive_until)
+            for full in train_tf.size
+        )
+        return h, w
+
     epoch = start_epoch - 1
     try:
         for epoch in range(start_epoch, cfg.epochs + 1):
@@ -525,12 +542,13 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             # each epoch's randomness is fixed by (seed, epoch): a resumed run repeats the uninterrupted one
             torch.manual_seed(cfg.seed * 1000 + epoch * 10 + rank)
             t0 = time.perf_counter()
+            size = train_size(epoch)
             tr = train_one_epoch(
                 model,
                 train_images,
                 train_targets,
                 train_labels,
-                train_tf,
+                train_tf.at_size(size),
                 optimizer,
                 set_lr,
                 cfg,
@@ -568,6 +586,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 "lr": optimizer.param_groups[-1]["lr"],
                 "time": time.perf_counter() - t0,
                 "images_per_s": tr["images_per_s"],
+                "train_size": size[0],
             }
             if rank == 0:
                 tracker.log_epoch(row)
@@ -578,7 +597,8 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 print(
                     f"epoch {epoch}/{cfg.epochs}  train loss {tr['loss']:.4f} acc {tr['acc']:.2%}  "
                     f"val loss {va['loss']:.4f} acc {va['acc']:.2%}{' *' if improved else ''}  "
-                    f"lr {row['lr']:.2e}  {row['time']:.1f}s ({tr['images_per_s']:.0f} img/s)",
+                    f"lr {row['lr']:.2e}  {row['time']:.1f}s ({tr['images_per_s']:.0f} img/s"
+                    f"{f' at {size[0]}x{size[1]}' if cfg.progressive_resize else ''})",
                     flush=True,
                 )
             if cfg.early_stopping and stale >= cfg.early_stopping:

@@ -1,4 +1,5 @@
-"""Learning-rate schedules as pure functions of training progress (resuming needs no extra state)."""
+"""Learning-rate and image-size schedules as pure functions of training progress (resuming needs no extra
+state)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,15 @@ def lr_factor(name: str, progress: float, total: float, warmup: float, step_size
     if name == "step":
         return gamma ** int(progress // step_size)
     return 1.0
+
+
+def progressive_size(fraction: float, start: int, full: int, until: float, step: int = 4) -> int:
+    """Training image side at `fraction` (0 to 1) of the run under progressive resizing: `start` pixels
+    at first, growing linearly to `full` by `until` (then `full`), rounded down to a multiple of `step`."""
+    if until <= 0 or fraction >= until:
+        return full
+    side = start + (full - start) * fraction / until
+    return max(start, min(full, int(side) // step * step))
 
 
 def _position_in_cycle(t: float, cycles: int) -> float:

@@ -7,6 +7,7 @@ erasing is a vectorised mask. Presets are named, as in torchvision's `references
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -115,6 +116,12 @@ class BatchTransform:
         if self.preset.erase > 0:
             x = random_erase(x, self.preset.erase, self.preset.erase_area)
         return self.normalize(x)
+
+    def at_size(self, size: tuple[int, int]) -> BatchTransform:
+        """The same transform, producing `size` images (progressive resizing trains smaller ones first)."""
+        resized = copy.copy(self)
+        resized.size = size
+        return resized
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Float [0, 1] faces (N, 1, H, W) -> model input, without augmentation."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ferkit.schedule import lr_factor
+from ferkit.schedule import lr_factor, progressive_size
 
 
 def curve(name: str, cycles: int = 1, total: float = 100, warmup: float = 2) -> np.ndarray:
@@ -28,3 +28,12 @@ def test_restarts_cycles_double_in_length_and_end_with_the_run(cycles: int) -> N
 
 def test_one_restart_cycle_is_the_cosine_schedule() -> None:
     np.testing.assert_allclose(curve("restarts", 1), curve("cosine"))
+
+
+def test_progressive_size_grows_in_steps_to_the_full_size() -> None:
+    sizes = [progressive_size(f, 32, 48, 0.75) for f in np.linspace(0, 1, 101)]
+    assert sizes[0] == 32 and sizes[-1] == 48
+    assert all(a <= b for a, b in zip(sizes, sizes[1:], strict=False))
+    assert set(sizes) == {32, 36, 40, 44, 48}  # 4-pixel steps
+    assert progressive_size(0.74, 32, 48, 0.75) == 44 and progressive_size(0.75, 32, 48, 0.75) == 48
+    assert progressive_size(0.0, 32, 48, 0.0) == 48  # until 0: full size from the start

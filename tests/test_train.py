@@ -18,6 +18,7 @@ import yaml
 from conftest import assert_one_line_error, ferkit_train_cmd
 
 from ferkit.checkpoint import load_checkpoint
+from ferkit.data.transforms import BatchTransform
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch_size", "32", "--limit_batches", "3", "--wandb", "disabled", "--no-progress"]
@@ -135,6 +136,8 @@ def test_restarts_schedule_raises_the_lr_again(run_ferkit, tiny_real_csv: Path, 
         (["--epochs", "two"], ["--epochs"]),
         (["--resume"], ["no checkpoint"]),
         (["--precision", "fp16", "--device", "cpu"], ["fp16"]),
+        (["--progressive_resize", "64"], ["--progressive_resize 64", "16 to 48"]),
+        (["--progressive_resize", "8"], ["--progressive_resize 8", "16 to 48"]),
     ],
 )
 def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Path, args, needles) -> None:
@@ -337,6 +340,25 @@ def test_time_budget_stops_training_and_spreads_the_schedule(
     assert sum(float(r["time"]) for r in rows) < 6 + 30  # the 6 s budget, plus one epoch's evaluation
     assert float(rows[-1]["lr"]) < 0.01 * 0.5  # the cosine schedule follows the budget, not the 1000 epochs
     assert load_checkpoint(out / "last.pth")["model_args"]["width"] == 8
+
+
+def test_progressive_resizing_trains_small_faces_first(
+    run_ferkit, tiny_real_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    proc = train(run_ferkit, tiny_real_csv, out, *FAST, "--epochs", "4", "--progressive_resize", "32")
+    assert proc.returncode == 0, proc.stderr
+    # the epochs start at 0, 1/4, 1/2 and 3/4 of training; full size from 3/4 (--progressive_until's default)
+    assert [int(r["train_size"]) for r in metrics_rows(out)] == [32, 36, 40, 48]
+    assert "img/s at 32x32)" in proc.stdout
+    transform = BatchTransform((1, 48, 48), (0.5,), (0.5,), "standard")
+    faces = torch.randint(0, 256, (5, 48, 48), dtype=torch.uint8)
+    assert transform.at_size((32, 32))(faces).shape == (5, 1, 32, 32)
+    assert transform(faces).shape == (5, 1, 48, 48)  # validation and the original stay at the input size
+    plain = BatchTransform(
+        (1, 48, 48), (0.5,), (0.5,)
+    )  # --progressive_mode crop: the faces at their own scale
+    torch.testing.assert_close(plain.at_size((32, 32), crop=True)(faces), plain(faces)[..., 8:40, 8:40])
 
 
 def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpoint, tiny_real_csv) -> None:

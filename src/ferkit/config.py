@@ -105,6 +105,11 @@ class TrainConfig:
         minimum=0.0,
         maximum=1.0,
     )
+    progressive_mode: str = option(
+        "scale",
+        "with --progressive_resize: 'scale' shrinks whole faces, 'crop' takes crops at their own scale",
+        ("scale", "crop"),
+    )
     mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
     cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     ema: float = option(

@@ -548,7 +548,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
                 train_images,
                 train_targets,
                 train_labels,
-                train_tf.at_size(size),
+                train_tf.at_size(size, crop=cfg.progressive_mode == "crop"),
                 optimizer,
                 set_lr,
                 cfg,

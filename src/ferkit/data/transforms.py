@@ -55,8 +55,11 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def random_affine(x: torch.Tensor, preset: AugmentPreset, size: tuple[int, int]) -> torch.Tensor:
-    """Each image flipped/rotated/scaled/shifted with its own parameters, sampled at `size`."""
+def random_affine(
+    x: torch.Tensor, preset: AugmentPreset, size: tuple[int, int], crop: float = 1.0
+) -> torch.Tensor:
+    """Each image flipped/rotated/scaled/shifted with its own parameters, sampled at `size`; with `crop` < 1,
+    from that fraction of each side (a crop at the faces' own scale) instead of the whole face."""
     n = x.shape[0]
     dev = x.device
     angle = (torch.rand(n, device=dev) * 2 - 1) * math.radians(preset.degrees)
@@ -64,7 +67,7 @@ def random_affine(x: torch.Tensor, preset: AugmentPreset, size: tuple[int, int])
     scale = lo + torch.rand(n, device=dev) * (hi - lo)
     flip = torch.where(torch.rand(n, device=dev) < preset.flip, -1.0, 1.0)
     shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (2 * preset.translate)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    cos, sin = torch.cos(angle) / scale * crop, torch.sin(angle) / scale * crop
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
     )
@@ -107,20 +110,26 @@ class BatchTransform:
         self.size = (hw[0], hw[1])
         self.preset = PRESETS[preset]
         self.channels_last = channels_last
+        self.crop = 1.0  # the fraction of each side sampled (below 1: crops at the faces' scale)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = to_float(images)
-        x = random_affine(x, self.preset, self.size) if self.preset.geometric else resize(x, self.size)
+        if self.preset.geometric or self.crop != 1.0:
+            x = random_affine(x, self.preset, self.size, self.crop)
+        else:
+            x = resize(x, self.size)
         if self.preset.erase > 0:
             x = random_erase(x, self.preset.erase, self.preset.erase_area)
         return self.normalize(x)
 
-    def at_size(self, size: tuple[int, int]) -> BatchTransform:
-        """The same transform, producing `size` images (progressive resizing trains smaller ones first)."""
+    def at_size(self, size: tuple[int, int], crop: bool = False) -> BatchTransform:
+        """The same transform, producing `size` images (progressive resizing trains smaller ones first):
+        whole faces scaled down, or with `crop` crops of that size at the faces' own scale."""
         resized = copy.copy(self)
         resized.size = size
+        resized.crop = size[0] / self.size[0] if crop else 1.0
         return resized
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:

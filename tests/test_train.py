@@ -138,6 +138,7 @@ def test_restarts_schedule_raises_the_lr_again(run_ferkit, tiny_real_csv: Path, 
         (["--precision", "fp16", "--device", "cpu"], ["fp16"]),
         (["--progressive_resize", "64"], ["--progressive_resize 64", "16 to 48"]),
         (["--progressive_resize", "8"], ["--progressive_resize 8", "16 to 48"]),
+        (["--progressive_mode", "crop"], ["--progressive_mode", "need --progressive_resize"]),
     ],
 )
 def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Path, args, needles) -> None:

@@ -361,10 +361,9 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         raise FerkitError("--ferplus_votes is for FER2013 labels; with --labels ferplus use --soft_labels")
     if cfg.soft_labels and cfg.labels != "ferplus":
         raise FerkitError("--soft_labels trains on FER+ vote distributions: add --labels ferplus")
-    defaults = TrainConfig()
     progressive_set = (cfg.progressive_mode, cfg.progressive_until) != (
-        defaults.progressive_mode,
-        defaults.progressive_until,
+        TrainConfig.progressive_mode,
+        TrainConfig.progressive_until,
     )
     if progressive_set and not cfg.progressive_resize:
         raise FerkitError("--progressive_mode and --progressive_until need --progressive_resize SIDE")

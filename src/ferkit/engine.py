@@ -513,18 +513,20 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
             f"{world} process{'es' if world > 1 else ''}), validating on {len(val)} PublicTest; "
             f"run folder {out}"
         )
-    # wall-time budget: training stops when it is spent, and the LR schedule follows whichever of
-    # the budget and --epochs runs out first
+    # wall-time budget: training stops when it is spent, and the LR and size schedules follow whichever
+    # of the budget and --epochs runs out first
     run_start = time.perf_counter()
     budget = cfg.time_budget * 60
 
     def spent() -> float:
         return elapsed + time.perf_counter() - run_start
 
-    def set_lr(progress: float) -> float:
-        if budget:
-            progress = max(progress, spent() / budget * cfg.epochs)
-        return set_epoch_lr(progress)
+    def progress(epochs_done: float) -> float:
+        """Training progress in epochs: `epochs_done`, or further on where the time budget is."""
+        return max(epochs_done, spent() / budget * cfg.epochs) if budget else epochs_done
+
+    def set_lr(epochs_done: float) -> float:
+        return set_epoch_lr(progress(epochs_done))
 
     deadline = run_start + budget - elapsed if budget else None
 
@@ -532,7 +534,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         """The epoch's training image size: the model's, or smaller early on under progressive resizing."""
         if not cfg.progressive_resize:
             return train_tf.size
-        fraction = max((epoch - 1) / cfg.epochs, spent() / budget if budget else 0.0)
+        fraction = progress(epoch - 1) / cfg.epochs
         h, w = (
             progressive_size(fraction, cfg.progressive_resize, full, cfg.progressive_until)
             for full in train_tf.size

@@ -32,7 +32,7 @@ from torchvision import transforms
 from ferkit.config import TrainConfig
 from ferkit.data import FerDataset, load_dataset
 from ferkit.data.transforms import BatchTransform
-from ferkit.engine import autocast_dtype, build_optimizer, lr_setter, train_one_epoch
+from ferkit.engine import autocast_dtype, build_optimizer, channels_last_pays_off, lr_setter, train_one_epoch
 from ferkit.models import create_model
 from ferkit.schedule import Plateau
 
@@ -140,7 +140,7 @@ def ferkit_loop(model_name: str, images: np.ndarray, labels: np.ndarray, batch: 
     device = torch.device("cpu")
     dtype = autocast_dtype("auto", device)
     model = create_model(model_name, drop_rate=cfg.drop_rate)
-    channels_last = dtype is not None
+    channels_last = channels_last_pays_off(dtype, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     mcfg = model.default_cfg

@@ -19,6 +19,7 @@ from conftest import assert_one_line_error, ferkit_train_cmd
 
 from ferkit.checkpoint import load_checkpoint
 from ferkit.data.transforms import BatchTransform
+from ferkit.engine import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch_size", "32", "--limit_batches", "3", "--wandb", "disabled", "--no-progress"]
@@ -262,7 +263,7 @@ def test_wandb_offline_run_records(run_ferkit, tiny_real_csv: Path, tmp_path: Pa
     """What W&B really logged for a training run: config, tags, curves, confusion matrix, table, model."""
     out = tmp_path / "run"
     env = {"HOME": str(tmp_path / "home"), "WANDB_MODE": None, "WANDB_API_KEY": None}
-    args = [*FAST, "--epochs", "2", "--wandb", "offline", "--experiment_type", "smoke"]
+    args = [*FAST, "--epochs", "2", "--wandb", "offline", "--experiment_type", "smoke", "--precision", "fp32"]
     proc = train(run_ferkit, tiny_real_csv, out, *args, env=env)
     assert proc.returncode == 0, proc.stderr
     recs = inspect_wandb(out)
@@ -271,6 +272,9 @@ def test_wandb_offline_run_records(run_ferkit, tiny_real_csv: Path, tmp_path: Pa
     assert run["tags"][:3] == ["cnn", "fer2013", "smoke"]
     config = run["config"]["update"]
     assert config["model"] == "cnn" and config["epochs"] == 2 and config["output_dir"] == str(out)
+    # fp32 trains channels-last where that is faster: all but the CPUs with bf16 units
+    assert config["autocast"] == "None"
+    assert config["memory_format"] == ("contiguous" if cpu_has_bf16() else "channels_last")
     epochs = [h["item"] for h in recs["history"] if "train_loss" in h["item"]]
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert {"train_acc", "val_loss", "val_acc", "lr"} <= epochs[0].keys()

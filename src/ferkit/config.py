@@ -135,7 +135,7 @@ class TrainConfig:
     precision: str = option(
         "auto", "auto: bf16 on CPUs with bf16 units, fp16 AMP on CUDA", ("auto", "fp32", "bf16", "fp16")
     )
-    channels_last: bool = option(True, "channels-last memory format (with bf16/fp16 or CUDA)")
+    channels_last: bool = option(True, "channels-last memory where it is faster (all but fp32 on bf16 CPUs)")
     progress: bool = option(True, "show a progress bar")
     wandb: str = option(
         "auto", "W&B mode (auto: online when logged in)", ("auto", "online", "offline", "disabled")

@@ -95,6 +95,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
+def channels_last_pays_off(dtype: torch.dtype | None, device: torch.device) -> bool:
+    """Whether training runs faster in channels-last memory: with bf16/fp16 autocast, on CUDA, and in
+    fp32 on CPUs without bf16 units (1.1-1.2x on an AVX2 EPYC); fp32 on the bf16 Xeon ran 11x slower
+    with it (bench/train_speed.py --fp32_variants), so fp32 stays contiguous there."""
+    return dtype is not None or device.type == "cuda" or not cpu_has_bf16()
+
+
 # ----------------------------------------------------------------------------- distributed
 def init_distributed(device_name: str) -> tuple[int, int]:
     """(rank, world size); under torchrun, joins the process group (nccl on GPUs, gloo on CPU)."""
@@ -417,10 +424,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
     pretrained = True if cfg.pretrained == "imagenet" else (cfg.pretrained or False)
     model = create_model(cfg.model, drop_rate=cfg.drop_rate, pretrained=pretrained, **arch_kwargs)
     model = model.to(device)
-    # channels-last pays off with bf16/fp16 or on CUDA; in fp32 on the CPU it ran 11x slower on the bf16
-    # Xeon and at most 1.14x faster on an AVX2 EPYC (bench/train_speed.py --fp32_variants): fp32 stays
-    # contiguous
-    channels_last = cfg.channels_last and (dtype is not None or device.type == "cuda")
+    channels_last = cfg.channels_last and channels_last_pays_off(dtype, device)
     memory = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory)
     mcfg = model.default_cfg
@@ -473,6 +477,7 @@ def fit(cfg: TrainConfig) -> dict[str, Any]:
         "output_dir": str(out),
         "world_size": world,
         "autocast": str(dtype),
+        "memory_format": "channels_last" if channels_last else "contiguous",
         "device": str(device),
         "train_images": len(train),
         "val_images": len(val),

@@ -1,14 +1,14 @@
 """Training throughput: ferkit's training step vs plain fp32 eager PyTorch, same model, same batch size.
 
-Run by hand on an otherwise idle machine:
+Run by hand on an otherwise idle machine (a --models entry is NAME, or NAME:WIDTH such as cnn:16):
     FERKIT_DATA=../shared/data/fer2013.csv.gz python bench/train_speed.py [--models cnn vgg] [--batches 30]
 
 Three loops per model, each timed over the same number of batches of real Training faces after warm-up:
   plain fp32 step   the model in fp32 on ready tensors (contiguous memory), Adam: the compute alone
   plain tutorial    the usual tutorial loop: PIL images -> torchvision transforms per image (flip, crop
                     with padding, ToTensor, Normalize) -> DataLoader -> fp32 model
-  ferkit            ferkit.engine.train_one_epoch: batched on-tensor augmentation, bf16 autocast and
-                    channels-last where the CPU supports them (what `ferkit train` runs)
+  ferkit            ferkit.engine.train_one_epoch: batched on-tensor augmentation, bf16 autocast where
+                    the CPU has bf16 units, channels-last where it is faster (what `ferkit train` runs)
 
 With --fp32_variants it times, instead, the plain fp32 step three ways (contiguous memory, channels-last
 memory, torch.compile), interleaved over --rounds rounds and reported as medians:
@@ -60,12 +60,18 @@ class TutorialDataset(Dataset):
         return self.tf(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
+def build_model(spec: str, **kwargs: float) -> torch.nn.Module:
+    """The model of a --models entry: NAME, or NAME:WIDTH for the from-scratch nets' `width`."""
+    name, _, width = spec.partition(":")
+    return create_model(name, **({"width": int(width)} if width else {}), **kwargs)
+
+
 def fp32_step(
     model_name: str, x: torch.Tensor, y: torch.Tensor, variant: str = "contiguous"
 ) -> Callable[[], None]:
     """One fp32 forward+backward+Adam step on ready tensors, warmed up (compiled first, for "compile").
     `variant`: "contiguous" memory, "channels_last" memory, or "compile" (torch.compile, contiguous)."""
-    model = create_model(model_name).train()
+    model = build_model(model_name).train()
     if variant == "channels_last":
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -117,7 +123,7 @@ def fp32_variants(
 
 def plain_tutorial(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int) -> float:
     """images/s of the tutorial loop: per-image PIL transforms, DataLoader, fp32 model."""
-    model = create_model(model_name).train()
+    model = build_model(model_name).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = DataLoader(TutorialDataset(images, labels), batch_size=batch, shuffle=True, drop_last=True)
     it = iter(loader)
@@ -136,10 +142,11 @@ def plain_tutorial(model_name: str, images: np.ndarray, labels: np.ndarray, batc
 
 def ferkit_loop(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int) -> float:
     """images/s of ferkit's own train_one_epoch (warm-up epoch first), as `ferkit train` runs it."""
-    cfg = TrainConfig(model=model_name, batch_size=batch, limit_batches=steps, progress=False, epochs=2)
+    name = model_name.partition(":")[0]
+    cfg = TrainConfig(model=name, batch_size=batch, limit_batches=steps, progress=False, epochs=2)
     device = torch.device("cpu")
     dtype = autocast_dtype("auto", device)
-    model = create_model(model_name, drop_rate=cfg.drop_rate)
+    model = build_model(model_name, drop_rate=cfg.drop_rate)
     channels_last = channels_last_pays_off(dtype, device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -169,7 +176,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default=None, help="FER2013 file (default $FERKIT_DATA)")
-    parser.add_argument("--models", nargs="+", default=["cnn", "vgg"])
+    parser.add_argument("--models", nargs="+", default=["cnn", "vgg"], help="NAME or NAME:WIDTH (cnn:16)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per loop")
     parser.add_argument(

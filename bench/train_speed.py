@@ -60,10 +60,15 @@ class TutorialDataset(Dataset):
         return self.tf(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
-def build_model(spec: str, **kwargs: float) -> torch.nn.Module:
-    """The model of a --models entry: NAME, or NAME:WIDTH for the from-scratch nets' `width`."""
+def model_spec(spec: str) -> tuple[str, dict[str, int]]:
+    """A --models entry, NAME or NAME:WIDTH (the from-scratch nets' `width`): (name, model kwargs)."""
     name, _, width = spec.partition(":")
-    return create_model(name, **({"width": int(width)} if width else {}), **kwargs)
+    return name, ({"width": int(width)} if width else {})
+
+
+def build_model(spec: str, **kwargs: float) -> torch.nn.Module:
+    name, arch = model_spec(spec)
+    return create_model(name, **arch, **kwargs)
 
 
 def fp32_step(
@@ -142,8 +147,9 @@ def plain_tutorial(model_name: str, images: np.ndarray, labels: np.ndarray, batc
 
 def ferkit_loop(model_name: str, images: np.ndarray, labels: np.ndarray, batch: int, steps: int) -> float:
     """images/s of ferkit's own train_one_epoch (warm-up epoch first), as `ferkit train` runs it."""
-    name = model_name.partition(":")[0]
-    cfg = TrainConfig(model=name, batch_size=batch, limit_batches=steps, progress=False, epochs=2)
+    cfg = TrainConfig(
+        model=model_spec(model_name)[0], batch_size=batch, limit_batches=steps, progress=False, epochs=2
+    )
     device = torch.device("cpu")
     dtype = autocast_dtype("auto", device)
     model = build_model(model_name, drop_rate=cfg.drop_rate)
@@ -188,6 +194,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1 or args.batches < 1:
         parser.error("--rounds and --batches must be at least 1")
+    for spec in args.models:
+        try:
+            model_spec(spec)
+        except ValueError:
+            parser.error(f"--models {spec}: expected NAME or NAME:WIDTH with an integer WIDTH")
 
     train = load_dataset(args.data).split("Training")
     dtype = autocast_dtype("auto", torch.device("cpu"))

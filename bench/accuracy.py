@@ -45,6 +45,7 @@ COLUMNS = (
     + ["private_macro_f1", "command"]
 )
 TABLE_START, TABLE_END = "<!-- accuracy-table:start -->", "<!-- accuracy-table:end -->"
+TABLE_PAGE = ROOT / "docs" / "benchmarks.md"  # the page holding the accuracy table between the markers
 
 
 def machine() -> str:
@@ -199,15 +200,21 @@ def main() -> None:
     )
     parser.add_argument("--weights", choices=["uniform", "fit"], default="fit")
     parser.add_argument("--table", action="store_true", help="print the accuracy table from results.csv")
-    parser.add_argument("--update-readme", action="store_true", help="with --table: write it into README.md")
+    parser.add_argument(
+        "--update-docs",
+        "--update-readme",
+        dest="update_docs",
+        action="store_true",
+        help="with --table: write it into docs/benchmarks.md (--update-readme: the old name)",
+    )
     args, args.extra = parser.parse_known_args()
     if args.table:
         text = table()
-        if args.update_readme:
-            readme = (ROOT / "README.md").read_text()
-            head, rest = readme.split(TABLE_START)
+        if args.update_docs:
+            page = TABLE_PAGE.read_text()
+            head, rest = page.split(TABLE_START)
             _, tail = rest.split(TABLE_END)
-            (ROOT / "README.md").write_text(f"{head}{TABLE_START}\n{text}\n{TABLE_END}{tail}")
+            TABLE_PAGE.write_text(f"{head}{TABLE_START}\n{text}\n{TABLE_END}{tail}")
         print(text)
         return
     if not (args.ensemble or args.recipe):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ferkit.data.archive import is_archive, read_archive
 from ferkit.data.cache import cached
 from ferkit.data.csv_reader import read_csv
 from ferkit.data.dataset import FerDataset
@@ -38,9 +39,12 @@ def resolve_data_path(path: str | Path | None = None) -> Path:
     raise FerkitError(f"no FER2013 data found: {HOW_TO_GET}")
 
 
-def _read(path: Path, skip_bad_rows: bool) -> FerDataset:
-    """Dispatch on what `path` is: a CSV (plain or gzip), a Kaggle folder of CSVs, or image folders."""
+def _read(path: Path, skip_bad_rows: bool, archives: bool = True) -> FerDataset:
+    """Dispatch on what `path` is: an archive (.tar.gz, .zip, ...: unpacked once into the cache, then read
+    as one of the other forms), a CSV (plain or gzip), a Kaggle folder of CSVs, or image folders."""
     if path.is_file():
+        if archives and is_archive(path):  # archives=False inside: an archive in an archive is not unpacked
+            return read_archive(path, lambda inner: _read(inner, skip_bad_rows, archives=False))
         return read_csv(path, skip_bad_rows)
     for name in FOLDER_CSVS:
         if (path / name).is_file():

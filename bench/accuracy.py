@@ -30,12 +30,13 @@ import torch
 from ferkit.classes import CLASS_NAMES
 from ferkit.cli import main as ferkit
 from ferkit.data import load_dataset
-from ferkit.engine import cpu_has_bf16
 from ferkit.errors import FerkitError
-from ferkit.evaluate import ensemble_weights, evaluate_model
-from ferkit.inference import combine, load_predictor
+from ferkit.evaluation.evaluate import ensemble_weights, evaluate_model
 from ferkit.metrics import classification_report
-from ferkit.model_card import git_commit
+from ferkit.runtime.loading import load_predictor
+from ferkit.runtime.predictor import combine
+from ferkit.shipping.model_card import git_commit
+from ferkit.utils.device import cpu_has_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.csv"

@@ -24,11 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ferkit.apps.predict import predict_image
 from ferkit.data import load_dataset
-from ferkit.export import OnnxPredictor, calibration_sample, export_onnx
-from ferkit.inference import load_predictor, resolve_model_path
-from ferkit.model_card import shipped_models
-from ferkit.predict import predict_image
+from ferkit.runtime.loading import load_predictor, resolve_model_path
+from ferkit.runtime.model_card import shipped_models
+from ferkit.runtime.onnx import OnnxPredictor
+from ferkit.shipping.export import calibration_sample, export_onnx
 
 FER_PADDING, FER_OFFSET, FER_SIZE = 40, 10, 64  # fer.FER's defaults
 PHOTO_FACES = (34, 4, 52)  # PublicTest faces the cascade finds when enlarged (as in tests/test_predict.py)

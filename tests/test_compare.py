@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.compare import compare_runs, format_table, plot_curves, private_accuracy
 from ferkit.errors import FerkitError
-from ferkit.evaluate import evaluate_model
+from ferkit.evaluation.compare import compare_runs, format_table, plot_curves, private_accuracy
+from ferkit.evaluation.evaluate import evaluate_model
 
 # one batch of 16 per epoch, validation on 64 PublicTest faces: seconds per run
 FAST = ["--batch_size", "16", "--eval_batch_size", "64", "--limit_batches", "1", "--wandb", "disabled"]

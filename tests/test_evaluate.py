@@ -12,14 +12,15 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-from ferkit.checkpoint import load_checkpoint
 from ferkit.classes import CLASS_NAMES
 from ferkit.data import load_dataset
 from ferkit.data.transforms import tta_views
-from ferkit.engine import BF16_EMULATED_WARNING, cpu_has_bf16
-from ferkit.evaluate import evaluate_ensemble
-from ferkit.inference import CheckpointModel, load_predictor
+from ferkit.evaluation.evaluate import evaluate_ensemble
 from ferkit.metrics import classification_report
+from ferkit.runtime.checkpoint import load_checkpoint
+from ferkit.runtime.loading import load_predictor
+from ferkit.runtime.predictor import CheckpointModel
+from ferkit.utils.device import BF16_EMULATED_WARNING, cpu_has_bf16
 
 QUIET = ["--wandb", "disabled"]
 

@@ -14,16 +14,9 @@ pytest.importorskip("onnxscript")
 
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 from ferkit.errors import FerkitError  # noqa: E402
-from ferkit.export import (  # noqa: E402
-    INPUT_NAME,
-    OUTPUT_NAME,
-    OnnxPredictor,
-    export_data,
-    export_onnx,
-    load_onnx_predictor,
-    parity_faces,
-)
-from ferkit.inference import load_predictor, resolve_model_path, save_ensemble_spec  # noqa: E402
+from ferkit.runtime.loading import load_predictor, resolve_model_path, save_ensemble_spec  # noqa: E402
+from ferkit.runtime.onnx import INPUT_NAME, OUTPUT_NAME, OnnxPredictor, load_onnx_predictor  # noqa: E402
+from ferkit.shipping.export import export_data, export_onnx, parity_faces  # noqa: E402
 
 TOL = 1e-4
 
@@ -63,8 +56,8 @@ def recalibrated(model, faces: np.ndarray, head_scale: float, path: Path) -> Pat
     """
     import torch
 
-    from ferkit.checkpoint import model_payload
     from ferkit.data.transforms import BatchTransform
+    from ferkit.runtime.checkpoint import model_payload
 
     cfg = model.default_cfg
     tf = BatchTransform(tuple(cfg["input_size"]), tuple(cfg["mean"]), tuple(cfg["std"]))
@@ -235,7 +228,7 @@ def test_int8_export_is_smaller_and_agrees_with_pytorch(fast_int8, real_dataset)
 
 
 def test_int8_that_disagrees_is_refused(tiny_checkpoint, public_faces, tmp_path, monkeypatch):
-    import ferkit.export as export
+    import ferkit.shipping.export as export
 
     monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: the refusal path
     target = tmp_path / "m.onnx"
@@ -312,7 +305,7 @@ def test_unwritable_output_and_bad_opset(tiny_checkpoint, tmp_path):
 
 def test_failed_parity_check_writes_nothing(tiny_checkpoint, tiny_onnx, tmp_path, monkeypatch):
     """Over the tolerance: an error, the previous file untouched, no temporary file left."""
-    import ferkit.export as export
+    import ferkit.shipping.export as export
 
     out, _ = tiny_onnx
     monkeypatch.setattr(export, "_export_proto", lambda *a: onnx.load(str(out)))

@@ -15,8 +15,8 @@ from PIL import Image
 
 from ferkit.data import load_dataset
 from ferkit.errors import FerkitError
-from ferkit.inference import load_predictor, save_ensemble_spec
-from ferkit.model_card import SHIPPED_CARD, SHIPPED_DIR, shipped_models, to_storage
+from ferkit.runtime.loading import load_predictor, save_ensemble_spec
+from ferkit.runtime.model_card import SHIPPED_CARD, SHIPPED_DIR, shipped_models, to_storage
 
 SHIPPED_MAX_BYTES = 20 * 1024 * 1024
 

@@ -8,11 +8,8 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from ferkit.checkpoint import model_payload
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES
-from ferkit.engine import predict_probs
 from ferkit.errors import FerkitError
-from ferkit.inference import CheckpointModel
 from ferkit.models import (
     adapt_input_conv,
     backbone_and_head,
@@ -21,6 +18,8 @@ from ferkit.models import (
     list_models,
     register_model,
 )
+from ferkit.runtime.checkpoint import model_payload
+from ferkit.runtime.predictor import CheckpointModel, predict_probs
 
 MODELS = list_models()
 TORCHVISION_MODELS = [name for name in MODELS if name in torchvision.models.list_models()]

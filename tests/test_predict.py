@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ferkit.apps.faces import crop_face, detect_faces, load_image, resize_gray, video_frames
+from ferkit.apps.predict import COLORS, format_csv, format_text, predict_paths
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
-from ferkit.faces import crop_face, detect_faces, load_image, resize_gray, video_frames
-from ferkit.inference import CheckpointModel
-from ferkit.predict import COLORS, format_csv, format_text, predict_paths
+from ferkit.runtime.predictor import CheckpointModel
 
 # Faces (rank among the PublicTest rows: Angry, Happy, Surprise, Neutral, Angry) that the cascade finds,
 # enlarged to FACE px, at each of the five places below with 40+ overlapping raw detections (5 are needed):

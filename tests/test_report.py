@@ -10,8 +10,8 @@ from PIL import Image
 
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES
 from ferkit.errors import FerkitError
+from ferkit.evaluation.report import most_confident_mistakes, write_report
 from ferkit.metrics import calibration_bins, classification_report
-from ferkit.report import most_confident_mistakes, write_report
 
 FIGURES = ("confusion_matrix.png", "per_class.png", "reliability.png", "mistakes.png")
 # 30 faces, labels cycling 0..6; (row, predicted class, confidence) of every mistake; other rows right at 0.9

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ferkit.schedule import lr_factor, progressive_size
+from ferkit.training.schedule import lr_factor, progressive_size
 
 
 def curve(name: str, cycles: int = 1, total: float = 100, warmup: float = 2) -> np.ndarray:

@@ -22,10 +22,11 @@ import pytest
 from PIL import Image
 from test_predict import DETECTABLE, GROUP, HEIGHT, WIDTH, assert_face_dicts, paste
 
+from ferkit.apps.predict import COLORS, predict_paths
+from ferkit.apps.serve import MAX_UPLOAD, add_serve_parser, create_app
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
-from ferkit.predict import COLORS, load_model, predict_paths
-from ferkit.serve import MAX_UPLOAD, add_serve_parser, create_app
+from ferkit.runtime.loading import load_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -84,7 +85,7 @@ def error_of(response, status: int) -> str:
 
 # ----------------------------------------------------------------------------- API
 def test_health_and_self_contained_page(client, tiny_checkpoint) -> None:
-    from ferkit.checkpoint import load_checkpoint
+    from ferkit.runtime.checkpoint import load_checkpoint
 
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["model"] == str(tiny_checkpoint)
@@ -180,7 +181,7 @@ def test_concurrent_requests_all_succeed_with_identical_results(client, photo, r
 
 # ----------------------------------------------------------------------------- command line
 def serve_args(*argv: str) -> argparse.Namespace:
-    from ferkit.cli import Parser
+    from ferkit.cli.main import Parser
 
     parser = Parser(prog="ferkit")
     add_serve_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))

@@ -17,9 +17,9 @@ import torch
 import yaml
 from conftest import assert_one_line_error, ferkit_train_cmd
 
-from ferkit.checkpoint import load_checkpoint
 from ferkit.data.transforms import BatchTransform
-from ferkit.engine import cpu_has_bf16
+from ferkit.runtime.checkpoint import load_checkpoint
+from ferkit.utils.device import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch_size", "32", "--limit_batches", "3", "--wandb", "disabled", "--no-progress"]
@@ -369,8 +369,8 @@ def test_progressive_resizing_trains_small_faces_first(
 def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpoint, tiny_real_csv) -> None:
     from ferkit.config import TrainConfig
     from ferkit.data import load_dataset
-    from ferkit.engine import distillation_targets
-    from ferkit.inference import load_predictor
+    from ferkit.runtime.loading import load_predictor
+    from ferkit.training.engine import distillation_targets
 
     train_split = load_dataset(tiny_real_csv).split("Training")
     labels = torch.from_numpy(train_split.labels)
@@ -393,8 +393,8 @@ def test_teacher_probabilities_are_cached_by_content(
 
     from ferkit.config import TrainConfig
     from ferkit.data import load_dataset
-    from ferkit.engine import teacher_key, teacher_probabilities
-    from ferkit.inference import load_predictor
+    from ferkit.runtime.loading import load_predictor
+    from ferkit.training.engine import teacher_key, teacher_probabilities
 
     monkeypatch.setenv("FERKIT_CACHE_DIR", str(tmp_path / "cache"))
     faces = load_dataset(tiny_real_csv).split("Training").images
@@ -418,7 +418,7 @@ def test_teacher_probabilities_are_cached_by_content(
 
 def test_vote_targets_mix_ferplus_votes_with_labels(real_data_path, real_ferplus_path) -> None:
     from ferkit.data import load_dataset
-    from ferkit.engine import vote_targets
+    from ferkit.training.engine import vote_targets
 
     train_split = load_dataset(real_data_path, ferplus=real_ferplus_path, votes=True).split("Training")
     targets = vote_targets(0.25, train_split.labels, train_split.soft_labels).numpy()

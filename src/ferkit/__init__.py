@@ -1,3 +1,5 @@
 """ferkit: facial expression recognition on FER2013."""
 
-__version__ = "0.1.0"
+from ferkit.version import __version__
+
+__all__ = ["__version__"]

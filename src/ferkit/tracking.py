@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ferkit.errors import FerkitError
+from ferkit.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     import wandb
@@ -67,16 +68,6 @@ def has_wandb_credentials() -> bool:
     # Silent: otherwise login() prints a banner, looking the account up on the server for it.
     wandb.setup(wandb.Settings(silent=True))
     return wandb.login(prompt=False, verify=False)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so that readers (and crashes) never see a partial file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _to_builtin(value: Any) -> Any:
@@ -180,7 +171,7 @@ class Tracker:
             self._drop_wandb("could not start", e)
             return
         self._mode = mode
-        _atomic_write(id_file, self._run.id + "\n")
+        atomic_write_text(id_file, self._run.id + "\n")
 
     def _drop_wandb(self, what: str, error: Exception) -> None:
         """Warn in one line, close the run as failed if there is one, and continue with CSV/JSON only."""
@@ -227,7 +218,7 @@ class Tracker:
         writer = csv.DictWriter(buf, fieldnames=header, restval="", lineterminator="\n")
         writer.writeheader()
         writer.writerows(self._rows)
-        _atomic_write(self.output_dir / METRICS_FILE, buf.getvalue())
+        atomic_write_text(self.output_dir / METRICS_FILE, buf.getvalue())
 
     def log_epoch(self, row: dict[str, float | int]) -> None:
         """Record one epoch; ``row["epoch"]`` (1-based int) must be greater than the previous epoch."""
@@ -247,7 +238,7 @@ class Tracker:
         path = self.output_dir / SUMMARY_FILE
         summary = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
         summary.update(metrics)
-        _atomic_write(path, json.dumps(summary, indent=2, default=_to_builtin) + "\n")
+        atomic_write_text(path, json.dumps(summary, indent=2, default=_to_builtin) + "\n")
         self._wandb("update the summary", lambda run: run.summary.update(dict(metrics)))
 
     def log_confusion_matrix(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ferkit.data.dataset import FerDataset
+from ferkit.utils.io import atomic_write
 
 CACHE_VERSION = "1"
 FIELDS = ("images", "labels", "splits", "indices")
@@ -58,13 +58,8 @@ def cached(path: Path, options: str, build: Callable[[], FerDataset]) -> FerData
         arrays = {k: getattr(ds, k) for k in FIELDS} | {"notes": np.asarray(notes, dtype=str)}
         if ds.soft_labels is not None:
             arrays["soft_labels"] = ds.soft_labels
-        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as tmp:
-            try:
-                np.savez(tmp, **arrays)
-            except BaseException:
-                Path(tmp.name).unlink(missing_ok=True)
-                raise
-        os.replace(tmp.name, file)
+        with atomic_write(file, "wb") as fh:
+            np.savez(fh, **arrays)
     except OSError:
         pass  # an unwritable cache only costs speed
     return ds

@@ -12,7 +12,7 @@ from ferkit.data.dataset import FerDataset
 
 def save_grid(ds: FerDataset, out: Path, per_class: int = 8, seed: int = 0, scale: int = 2) -> Path:
     """One row per class with `per_class` random faces, class name and count on the left."""
-    from ferkit.report import save_figure, subplots
+    from ferkit.utils.plot import save_figure, subplots
 
     rng = np.random.default_rng(seed)
     fig, axes = subplots(

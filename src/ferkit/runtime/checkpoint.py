@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -12,26 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ferkit import __version__
 from ferkit.errors import FerkitError
+from ferkit.models import create_model
+from ferkit.utils.io import atomic_write
+from ferkit.version import __version__
 
 FORMAT = "ferkit-checkpoint"
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically (`ferkit.utils.io.atomic_write`): a crash never leaves half a file."""
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def model_payload(model: nn.Module, class_names: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -78,8 +68,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def model_from_checkpoint(ckpt: dict[str, Any], source: str = "checkpoint") -> nn.Module:
     """Rebuild the model a checkpoint describes and load its weights (eval mode)."""
-    from ferkit.models import create_model
-
     model = create_model(ckpt["arch"], **ckpt["model_args"])
     try:
         model.load_state_dict(ckpt["model"])

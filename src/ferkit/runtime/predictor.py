@@ -3,7 +3,8 @@ test-time augmentation (`ferkit.data.transforms.tta_views`; never mixed with sin
 
 from __future__ import annotations
 
-import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -15,13 +16,47 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from ferkit.checkpoint import load_checkpoint, model_from_checkpoint
 from ferkit.classes import CLASS_NAMES
-from ferkit.data.transforms import BatchTransform
-from ferkit.engine import autocast_dtype, predict_probs, select_device
+from ferkit.data.transforms import BatchTransform, to_float, tta_views
 from ferkit.errors import FerkitError
+from ferkit.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from ferkit.utils.device import autocast
 
-ENSEMBLE_FORMAT = "ferkit-ensemble"
+
+def batches(
+    n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world: int = 1, limit: int = 0
+) -> Iterator[torch.Tensor]:
+    """Index batches: shuffled (with `generator`) and sharded across processes, or in order."""
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    if world > 1:
+        per_rank = n // world  # equal counts, so every process runs the same number of steps
+        order = order[rank * per_rank : (rank + 1) * per_rank]
+    count = len(order) // batch_size if generator is not None else math.ceil(len(order) / batch_size)
+    if limit:
+        count = min(count, limit)
+    for i in range(count):
+        yield order[i * batch_size : (i + 1) * batch_size]
+
+
+@torch.no_grad()
+def predict_probs(
+    model: nn.Module,
+    images: torch.Tensor,
+    transform: BatchTransform,
+    batch_size: int,
+    dtype: torch.dtype | None = None,
+    limit: int = 0,
+    tta: str = "none",
+) -> torch.Tensor:
+    """Softmax probabilities (float32, CPU) for uint8 faces, in order; TTA views averaged."""
+    model.eval()
+    out = []
+    for idx in batches(len(images), batch_size, None, limit=limit):
+        views = tta_views(to_float(images[idx.to(images.device)]), tta)
+        with autocast(images.device, dtype):
+            probs = sum(model(transform.prepare(v)).float().softmax(1) for v in views)
+        out.append((probs / len(views)).cpu())
+    return torch.cat(out)
 
 
 @dataclass
@@ -139,114 +174,3 @@ def fit_weights(member_probs: list[np.ndarray], labels: np.ndarray, steps: int =
         loss.backward()
         opt.step()
     return logits.softmax(0).detach().numpy()
-
-
-def save_ensemble_spec(
-    path: Path, member_paths: list[str], weights: np.ndarray, tta: str, fitted_on: str
-) -> None:
-    """A JSON spec that `evaluate`, `predict` and `export` accept wherever a checkpoint is. Members are
-    files (stored relative to the spec's folder when inside it) or shipped models' names (kept as names,
-    so the spec outlives a reinstall)."""
-    base = path.resolve().parent
-    members = []
-    for m, w in zip(member_paths, weights, strict=True):
-        if is_shipped_name(m):
-            members.append({"path": m, "weight": float(w)})
-            continue
-        p = Path(m).resolve()
-        rel = p.relative_to(base) if p.is_relative_to(base) else p
-        members.append({"path": str(rel), "weight": float(w)})
-    spec = {"format": ENSEMBLE_FORMAT, "members": members, "tta": tta, "weights_fitted_on": fitted_on}
-    path.write_text(json.dumps(spec, indent=2) + "\n")
-
-
-def read_model_json(path: Path) -> dict[str, Any]:
-    """The JSON object of an ensemble spec or model card; FerkitError naming the file otherwise."""
-    if not path.is_file():
-        raise FerkitError(f"{path}: model file not found")
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FerkitError(f"{path}: not a readable JSON model file ({e.__class__.__name__})") from None
-    if not isinstance(obj, dict):
-        raise FerkitError(f"{path}: neither a ferkit ensemble spec nor a model card")
-    return obj
-
-
-def ensemble_spec_members(spec: dict[str, Any], path: Path) -> tuple[list[str], np.ndarray, str]:
-    """Member paths (resolved against the spec's folder), weights and default TTA of a saved spec."""
-    if spec.get("format") != ENSEMBLE_FORMAT:
-        raise FerkitError(
-            f"{path}: neither a ferkit ensemble spec nor a model card (no 'format: {ENSEMBLE_FORMAT}')"
-        )
-    members = spec.get("members") or []
-    if not members:
-        raise FerkitError(f"{path}: the ensemble has no members")
-    paths = [
-        m["path"] if is_shipped_name(m["path"]) else str((path.parent / m["path"]).resolve()) for m in members
-    ]
-    return paths, np.array([float(m.get("weight", 1.0)) for m in members]), spec.get("tta", "none")
-
-
-def is_ensemble_spec(path: str | Path) -> bool:
-    return str(path).endswith(".json")
-
-
-def _names_a_file(path: str | Path) -> bool:
-    """A path that exists or has a suffix is a file; otherwise it may be a shipped model's name."""
-    return Path(path).exists() or bool(Path(path).suffix)
-
-
-def is_shipped_name(path: str | Path) -> bool:
-    """Whether `path` names a model shipped with ferkit rather than a file."""
-    from ferkit.model_card import shipped_models
-
-    return not _names_a_file(path) and str(path) in shipped_models()
-
-
-def resolve_model_path(path: str | None) -> str:
-    """The model a command uses: `path`; the card of a model shipped with ferkit when `path` is its name
-    (`ferkit-fer2013`, `ferkit-fer2013-fast`) rather than a file; None: the default shipped model."""
-    from ferkit.model_card import SHIPPED_CARD, shipped_models
-
-    if path:
-        if _names_a_file(path):
-            return str(path)
-        shipped = shipped_models()
-        if path not in shipped:
-            raise FerkitError(f"{path}: neither a model file nor a shipped model ({', '.join(shipped)})")
-        return str(shipped[path])
-    if not SHIPPED_CARD.is_file():
-        raise FerkitError(
-            f"the shipped model is missing from this install ({SHIPPED_CARD}): pass --model_path"
-        )
-    return str(SHIPPED_CARD)
-
-
-def load_predictor(path: str | Path, device: str = "auto", precision: str = "fp32") -> tuple[Predictor, str]:
-    """A checkpoint (.pth), an ensemble spec or a model card (.json), or a shipped model's name, and its
-    default TTA. An ensemble whose members are themselves ensembles or cards comes back flattened.
-    `precision` fp32 (exact, what model cards report), bf16 or fp16 (autocast: faster, slightly different)."""
-    dev = select_device(device)
-    dtype = autocast_dtype(precision, dev)
-    predictor, tta = _load(path, dev, ())
-    for m in members_and_weights(predictor)[0]:
-        m.dtype = dtype
-    return predictor, tta
-
-
-def _load(path: str | Path, device: torch.device, parents: tuple[Path, ...]) -> tuple[Predictor, str]:
-    path = resolve_model_path(str(path))
-    if not is_ensemble_spec(path):
-        return CheckpointModel.load(path, device), "none"
-    from ferkit.model_card import is_model_card, model_from_card
-
-    p = Path(path)
-    spec = read_model_json(p)
-    if is_model_card(spec):
-        return model_from_card(spec, p, device)
-    paths, weights, tta = ensemble_spec_members(spec, p)
-    if p.resolve() in parents:
-        raise FerkitError(f"{p}: the ensemble contains itself")
-    parts = [_load(m, device, (*parents, p.resolve()))[0] for m in paths]
-    return flatten(parts, weights), tta

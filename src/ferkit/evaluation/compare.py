@@ -10,8 +10,8 @@ from typing import Any
 from ferkit.config import TrainConfig, resolve_config
 from ferkit.data.dataset import FerDataset
 from ferkit.errors import FerkitError
-from ferkit.evaluate import evaluate_model
-from ferkit.report import save_figure, subplots
+from ferkit.evaluation.evaluate import evaluate_model
+from ferkit.utils.plot import save_figure, subplots
 
 RUN_FILES = ("config.yaml", "metrics.csv")
 

@@ -44,7 +44,7 @@ COLORS = {  # RGB, one per class
 def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
     """Files to process (folders expanded, non-recursively, to their images and videos, sorted by name;
     duplicates dropped) and one error line per input that is missing or an empty folder."""
-    from ferkit.faces import is_image, is_video
+    from ferkit.apps.faces import is_image, is_video
 
     files: list[Path] = []
     errors: list[str] = []
@@ -121,7 +121,7 @@ def rounded_probabilities(p: np.ndarray, places: int = 4) -> dict[str, float]:
 
 
 def _faces_of(gray: np.ndarray, batcher: _Batcher, detect: bool) -> list[dict[str, Any]]:
-    from ferkit.faces import crop_face, detect_faces, resize_gray
+    from ferkit.apps.faces import crop_face, detect_faces, resize_gray
 
     if not detect:
         h, w = gray.shape[:2]
@@ -130,7 +130,7 @@ def _faces_of(gray: np.ndarray, batcher: _Batcher, detect: bool) -> list[dict[st
 
 
 def _predict_image(path: Path, batcher: _Batcher, detect: bool, out: Path | None) -> dict[str, Any]:
-    from ferkit.faces import load_image, to_gray
+    from ferkit.apps.faces import load_image, to_gray
 
     image = load_image(path)
     faces = _faces_of(to_gray(image), batcher, detect)
@@ -163,40 +163,13 @@ def predict_image(
     return result
 
 
-def load_model(
-    model_path: str | None, backend: str = "torch", device: str = "auto", precision: str = "fp32"
-) -> tuple[Any, str, str]:
-    """The predictor for `model_path`, its default TTA and the path it came from: a checkpoint (.pth),
-    ensemble spec or model card with `backend` "torch" (None: the shipped model, whose card's path is
-    returned), or an exported `.onnx` with "onnx" (ONNX Runtime, CPU).
-    """
-    if backend not in BACKENDS:
-        raise FerkitError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
-    if backend == "onnx":
-        if precision != "fp32":
-            raise FerkitError(f"--precision {precision} is for --backend torch (ONNX Runtime runs float32)")
-        if not model_path:
-            raise FerkitError("--backend onnx needs --model_path MODEL.onnx (written by `ferkit export`)")
-        if Path(model_path).suffix.lower() != ".onnx":
-            raise FerkitError(f"{model_path}: --backend onnx takes an .onnx file written by `ferkit export`")
-        from ferkit.export import load_onnx_predictor
-
-        return *load_onnx_predictor(model_path), model_path
-    from ferkit.inference import load_predictor, resolve_model_path  # torch: only once there is work
-
-    path = resolve_model_path(model_path)
-    if Path(path).suffix.lower() == ".onnx":
-        raise FerkitError(f"{path}: an ONNX model: pass --backend onnx")
-    return *load_predictor(path, device, precision), path
-
-
 def describe_model(predictor: Any) -> str:
     """The architecture a predictor runs: `cnn`, or `ensemble(cnn, resnet18)`."""
     return str(getattr(predictor, "arch", type(predictor).__name__))
 
 
 def _predict_video(path: Path, batcher: _Batcher, detect: bool) -> dict[str, Any]:
-    from ferkit.faces import to_gray, video_frames
+    from ferkit.apps.faces import to_gray, video_frames
 
     frames = [
         {"time": t, "faces": _faces_of(to_gray(frame), batcher, detect)} for t, frame in video_frames(path)
@@ -233,7 +206,8 @@ def predict_paths(
     import cv2
     from tqdm import tqdm
 
-    from ferkit.faces import is_video
+    from ferkit.apps.faces import is_video
+    from ferkit.runtime.loading import load_model  # torch: only once there is work
 
     if batch_size < 1:
         raise FerkitError(f"--batch_size {batch_size}: must be at least 1")

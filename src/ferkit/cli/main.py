@@ -104,7 +104,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ferkit.config import config_from_args
-    from ferkit.engine import fit
+    from ferkit.training.engine import fit
 
     summary = fit(config_from_args(args))
     if "best_val_acc" in summary and summary.get("best_epoch"):
@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ferkit.evaluate import evaluate_model
+    from ferkit.evaluation.evaluate import evaluate_model
 
     report, data, probs = evaluate_model(
         args.model_path,
@@ -132,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_ship(args: argparse.Namespace) -> int:
-    from ferkit.model_card import write_model_card
+    from ferkit.shipping.model_card import write_model_card
 
     output = Path(args.output)
     if output.suffix != ".json":
@@ -154,7 +154,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from ferkit.evaluate import evaluate_ensemble
+    from ferkit.evaluation.evaluate import evaluate_ensemble
 
     report, data, probs = evaluate_ensemble(
         args.model_paths,
@@ -172,7 +172,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 def publish_report(args: argparse.Namespace, report: dict, data, probs) -> int:
     """Write the requested outputs, then print the report as text or JSON."""
-    from ferkit.evaluate import format_report, publish
+    from ferkit.evaluation.evaluate import format_report, publish
 
     publish(
         report,
@@ -188,7 +188,7 @@ def publish_report(args: argparse.Namespace, report: dict, data, probs) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from ferkit.compare import compare_runs, format_table, plot_curves, private_accuracy
+    from ferkit.evaluation.compare import compare_runs, format_table, plot_curves, private_accuracy
 
     runs = [Path(d) for d in args.run_dirs]
     rows = compare_runs(runs)  # checks every folder before any evaluation
@@ -215,7 +215,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_evaluation_args(p: argparse.ArgumentParser) -> None:
     """Options shared by `evaluate` and `ensemble`."""
-    from ferkit.predict import add_precision_arg
+    from ferkit.apps.predict import add_precision_arg
 
     add_data_args(p)
     p.add_argument("--split", default="PrivateTest", help="Training, PublicTest, PrivateTest, test or all")
@@ -236,7 +236,7 @@ def add_evaluation_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    from ferkit.predict import add_backend_arg
+    from ferkit.apps.predict import add_backend_arg
 
     ev = sub.add_parser(
         "evaluate", help="accuracy, per-class metrics, confusion matrix of a checkpoint or ensemble"
@@ -300,7 +300,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> Parser:
     parser = Parser(prog="ferkit", description="Facial expression recognition on FER2013.")
-    from ferkit import __version__
+    from ferkit.version import __version__
 
     parser.add_argument("--version", action="version", version=f"ferkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -328,9 +328,9 @@ def build_parser() -> Parser:
     models.set_defaults(func=cmd_models)
     add_train_parser(sub)
     add_evaluate_parser(sub)
-    from ferkit.export import add_export_parser
-    from ferkit.predict import add_predict_parser
-    from ferkit.serve import add_serve_parser
+    from ferkit.apps.predict import add_predict_parser
+    from ferkit.apps.serve import add_serve_parser
+    from ferkit.shipping.export import add_export_parser
 
     add_predict_parser(sub)
     add_export_parser(sub)

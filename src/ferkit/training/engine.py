@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import math
-import os
-import shutil
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,118 +18,30 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from ferkit.checkpoint import atomic_save, load_checkpoint, model_payload
 from ferkit.classes import CLASS_NAMES
 from ferkit.config import TrainConfig
 from ferkit.data import class_weights, load_dataset
 from ferkit.data.cache import cache_dir
-from ferkit.data.transforms import BatchTransform, mix_batch, to_float, tta_views
+from ferkit.data.transforms import BatchTransform, mix_batch
 from ferkit.errors import FerkitError
 from ferkit.metrics import classification_report
 from ferkit.models import backbone_and_head, create_model
-from ferkit.schedule import Plateau, lr_factor, progressive_size
+from ferkit.runtime.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint, model_payload
+from ferkit.runtime.loading import load_predictor
+from ferkit.runtime.predictor import batches, members_and_weights, predict_probs
 from ferkit.tracking import Tracker
+from ferkit.training.schedule import Plateau, lr_factor, progressive_size
+from ferkit.utils.device import autocast, autocast_dtype, channels_last_pays_off, select_device
+from ferkit.utils.distributed import init_distributed, unwrap
+from ferkit.utils.io import atomic_copy
+from ferkit.utils.paths import timestamped_run_dir
 
 
 class Diverged(FerkitError):
     """The loss became NaN or infinite."""
 
 
-# ----------------------------------------------------------------------------- devices and precision
-def select_device(name: str) -> torch.device:
-    """auto: the local CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise FerkitError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FerkitError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (AMX or AVX-512 BF16), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-BF16_EMULATED_WARNING = (
-    "warning: --precision bf16: this CPU has no bfloat16 units (AVX-512 BF16 or AMX), so bf16 is emulated "
-    "and much slower than fp32 here; fp32 is the faster choice"
-)
-
-
-@functools.cache
-def warn_bf16_emulated() -> None:
-    """Print BF16_EMULATED_WARNING, once a process (an ensemble asks for each of its members)."""
-    print(BF16_EMULATED_WARNING, file=sys.stderr)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device` (None: plain fp32)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_bf16() else None
-    if precision == "fp16" and device.type == "cpu":
-        raise FerkitError("--precision fp16 needs a CUDA device; use bf16 on the CPU")
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
-        warn_bf16_emulated()
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
-def channels_last_pays_off(dtype: torch.dtype | None, device: torch.device) -> bool:
-    """Whether training runs faster in channels-last memory: with bf16/fp16 autocast, on CUDA, and in
-    fp32 on CPUs without bf16 units (1.1-1.2x on an AVX2 EPYC); fp32 on the bf16 Xeon ran 11x slower
-    with it (bench/train_speed.py --fp32_variants), so fp32 stays contiguous there."""
-    return dtype is not None or device.type == "cuda" or not cpu_has_bf16()
-
-
-# ----------------------------------------------------------------------------- distributed
-def init_distributed(device_name: str) -> tuple[int, int]:
-    """(rank, world size); under torchrun, joins the process group (nccl on GPUs, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world == 1:
-        return 0, 1
-    backend = "nccl" if torch.cuda.is_available() and device_name != "cpu" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend)
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return dist.get_rank(), world
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
 # ----------------------------------------------------------------------------- one epoch
-def batches(
-    n: int, batch_size: int, generator: torch.Generator | None, rank: int = 0, world: int = 1, limit: int = 0
-) -> Iterator[torch.Tensor]:
-    """Index batches: shuffled (with `generator`) and sharded across processes, or in order."""
-    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    if world > 1:
-        per_rank = n // world  # equal counts, so every process runs the same number of steps
-        order = order[rank * per_rank : (rank + 1) * per_rank]
-    count = len(order) // batch_size if generator is not None else math.ceil(len(order) / batch_size)
-    if limit:
-        count = min(count, limit)
-    for i in range(count):
-        yield order[i * batch_size : (i + 1) * batch_size]
-
-
 def train_one_epoch(
     model: nn.Module,
     images: torch.Tensor,
@@ -216,27 +122,6 @@ def train_one_epoch(
     }
 
 
-@torch.no_grad()
-def predict_probs(
-    model: nn.Module,
-    images: torch.Tensor,
-    transform: BatchTransform,
-    batch_size: int,
-    dtype: torch.dtype | None = None,
-    limit: int = 0,
-    tta: str = "none",
-) -> torch.Tensor:
-    """Softmax probabilities (float32, CPU) for uint8 faces, in order; TTA views averaged."""
-    model.eval()
-    out = []
-    for idx in batches(len(images), batch_size, None, limit=limit):
-        views = tta_views(to_float(images[idx.to(images.device)]), tta)
-        with autocast(images.device, dtype):
-            probs = sum(model(transform.prepare(v)).float().softmax(1) for v in views)
-        out.append((probs / len(views)).cpu())
-    return torch.cat(out)
-
-
 def evaluate(
     model: nn.Module,
     images: torch.Tensor,
@@ -303,8 +188,6 @@ def lr_setter(optimizer: torch.optim.Optimizer, cfg: TrainConfig, plateau: Plate
 def teacher_key(teacher: Any, faces: np.ndarray) -> str:
     """A digest of what the teacher's flip-TTA probabilities depend on: each member's architecture,
     preprocessing, weights and vote, and the faces' pixels (not the paths they came from)."""
-    from ferkit.inference import members_and_weights  # inference builds on this module
-
     h = hashlib.blake2b(b"teacher|flip|", digest_size=16)
     for member, weight in zip(*members_and_weights(teacher), strict=True):
         ck = member.ckpt
@@ -320,8 +203,6 @@ def teacher_probabilities(cfg: TrainConfig, faces: np.ndarray) -> torch.Tensor:
     """The teacher's flip-TTA probabilities on `faces`, kept in the cache folder under `teacher_key`: a
     resumed run, or the next student of the same teacher, reads them back instead of running the
     teacher again (21 minutes for the shipped ensemble on an AVX2 CPU)."""
-    from ferkit.inference import load_predictor
-
     teacher, _ = load_predictor(cfg.teacher, cfg.device)
     file = cache_dir() / f"teacher-{teacher_key(teacher, faces)}.pt"
     with contextlib.suppress(Exception):  # missing or damaged: run the teacher and rewrite the file
@@ -350,11 +231,6 @@ def vote_targets(share: float, labels: np.ndarray, votes: np.ndarray) -> torch.T
     onehot = F.one_hot(torch.from_numpy(labels), len(CLASS_NAMES)).float()
     shares = torch.from_numpy(votes).float()
     return torch.where(shares.sum(1, keepdim=True) > 0, share * shares + (1 - share) * onehot, onehot)
-
-
-def timestamped_run_dir(name: str) -> Path:
-    """runs/<YYYYmmdd-HHMMSS>-<name>: the default folder of a train or evaluate run."""
-    return Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{name}"
 
 
 def fit(cfg: TrainConfig) -> dict[str, Any]:
@@ -642,11 +518,7 @@ def copy_best(best: Path, target: str) -> None:
     """Atomically copy the best checkpoint to the seed's models/best_model.pth (or another path)."""
     if not target:
         return
-    dest = Path(target)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(best, tmp)
-    os.replace(tmp, dest)
+    atomic_copy(best, target)
 
 
 def final_report(
@@ -658,8 +530,6 @@ def final_report(
     tracker: Tracker,
 ) -> dict[str, Any]:
     """The best checkpoint on PublicTest: confusion matrix, sample predictions, model artifact."""
-    from ferkit.checkpoint import model_from_checkpoint
-
     best = model_from_checkpoint(load_checkpoint(out / "best.pth"), str(out / "best.pth")).to(
         val_images.device
     )

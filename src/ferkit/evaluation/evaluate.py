@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,16 +11,12 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
-from ferkit.engine import timestamped_run_dir
 from ferkit.errors import FerkitError
-from ferkit.inference import (
-    Predictor,
-    combine,
-    fit_weights,
-    load_predictor,
-    save_ensemble_spec,
-)
 from ferkit.metrics import classification_report
+from ferkit.runtime.loading import load_predictor, save_ensemble_spec
+from ferkit.runtime.predictor import Predictor, combine, fit_weights
+from ferkit.utils.io import atomic_write
+from ferkit.utils.paths import timestamped_run_dir
 
 
 def check_batch_size(batch_size: int) -> None:
@@ -45,7 +39,7 @@ def evaluate_model(
     `tta` None means the spec's default (none for a checkpoint); `precision` as `load_predictor` takes it;
     `backend` "onnx": `model_path` is an `.onnx` file from `ferkit export`, run on ONNX Runtime.
     """
-    from ferkit.predict import load_model
+    from ferkit.runtime.loading import load_model
 
     check_batch_size(batch_size)
     predictor, default_tta, path = load_model(model_path, backend, device, precision)
@@ -113,9 +107,7 @@ def evaluate_ensemble(
 def write_predictions(path: Path, data: FerDataset, probs: np.ndarray) -> None:
     """One row per face in source order: index (0-based source row), true, pred, one probability per class."""
     order = np.argsort(data.indices, kind="stable")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+    with atomic_write(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["index", "true", "pred", *CLASS_NAMES])
         for i in order:
@@ -127,7 +119,6 @@ def write_predictions(path: Path, data: FerDataset, probs: np.ndarray) -> None:
                     *(f"{p:.9g}" for p in probs[i]),
                 ]
             )
-    os.replace(tmp, path)
 
 
 def member_reports(
@@ -195,7 +186,7 @@ def publish(
         write_predictions(Path(predictions), data, probs)
         report["predictions"] = predictions
     if report_dir:
-        from ferkit.report import write_report
+        from ferkit.evaluation.report import write_report
 
         title = f"{report['model_path']} on {report['split']} (tta {report['tta']})"
         summary = write_report(
@@ -212,7 +203,7 @@ def track_evaluation(
     report: dict[str, Any], data: FerDataset, probs: np.ndarray, mode: str, out: Path
 ) -> None:
     """A W&B `evaluate` job: the checkpoint as input (lineage), metrics, confusion matrix, mistakes table."""
-    from ferkit.report import most_confident_mistakes
+    from ferkit.evaluation.report import most_confident_mistakes
     from ferkit.tracking import Tracker
 
     split = report["split"]

@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import logging
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,15 +25,23 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES
 from ferkit.errors import FerkitError
+from ferkit.runtime.onnx import (
+    INPUT_NAME,
+    INSTALL_HINT,
+    OUTPUT_NAME,
+    faces_to_float,
+    import_onnxruntime,
+    onnx_session,
+    run_session,
+)
+from ferkit.utils.io import atomic_write
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ferkit.data.dataset import FerDataset
-    from ferkit.inference import CheckpointModel, Ensemble
+    from ferkit.runtime.predictor import CheckpointModel, Ensemble
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "probs"
 BATCH_DIM = "batch"
 ONNX_FORMAT = "ferkit-onnx"
 PARITY_TOLERANCE = 1e-4
@@ -42,15 +49,6 @@ MIN_OPSET = 18  # torch's exporter has no implementations below 18 (it would sil
 CHECK_IMAGES = 64
 CALIBRATION_IMAGES = 1024  # Training faces that set the int8 activation ranges
 INT8_MIN_AGREEMENT = 0.9  # an int8 graph choosing PyTorch's class less often than this is refused
-INSTALL_HINT = "pip install 'ferkit[onnx]'"
-
-
-def _import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise FerkitError(f"ONNX Runtime is not installed: {INSTALL_HINT}") from None
-    return onnxruntime
 
 
 def _import_exporter():
@@ -74,7 +72,7 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
     import torch.nn.functional as F
     from torch import nn
 
-    from ferkit.inference import members_and_weights
+    from ferkit.runtime.predictor import members_and_weights
 
     members, normalised = members_and_weights(predictor)
     weights = normalised.tolist()
@@ -110,8 +108,8 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
 
 def _describe(model_path: str, predictor: CheckpointModel | Ensemble, tta: str) -> dict[str, str]:
     """Metadata stored in the ONNX file (strings): what it is, where it came from, how to feed it."""
-    from ferkit import __version__
-    from ferkit.inference import members_and_weights
+    from ferkit.runtime.predictor import members_and_weights
+    from ferkit.version import __version__
 
     members = members_and_weights(predictor)[0]
     return {
@@ -173,39 +171,6 @@ def _opset_of(proto) -> int:
     return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _session(model: bytes | str, source: str, threads: int = 0):
-    """An ONNX Runtime CPU session for a serialized model or a file; FerkitError naming `source`."""
-    ort = _import_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # errors only
-    if threads:
-        opts.intra_op_num_threads = threads
-    try:
-        return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own pybind error types (InvalidProtobuf, Fail, ...)
-        first = (str(e).strip().splitlines() or [""])[0][:160]
-        raise FerkitError(f"{source}: not a readable ONNX model ({e.__class__.__name__}: {first})") from None
-
-
-def _run(session, faces: np.ndarray, batch_size: int) -> np.ndarray:
-    """Probabilities for float32 (N, 1, 48, 48) faces, in batches."""
-    out = [
-        session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(faces[i : i + batch_size])})[0]
-        for i in range(0, len(faces), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES), np.float32)
-
-
-def _to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, 48, 48) or (N, 1, 48, 48) -> float32 (N, 1, 48, 48) in [0, 1] (as `to_float`)."""
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[:, None]
-    if images.ndim != 4 or images.shape[1:] != (1, 48, 48) or images.dtype != np.uint8:
-        raise FerkitError(f"expected uint8 faces N x 48 x 48, got {images.dtype} {images.shape}")
-    return images.astype(np.float32) / np.float32(255.0)
-
-
 def random_faces(n: int = CHECK_IMAGES, seed: int = 0) -> np.ndarray:
     """Smooth random uint8 'faces' (N, 48, 48), for a parity check when no FER2013 data is at hand."""
     import torch
@@ -218,8 +183,8 @@ def random_faces(n: int = CHECK_IMAGES, seed: int = 0) -> np.ndarray:
     return ((fine * 0.85 + noise).clamp(0, 1) * 255).round().to(torch.uint8)[:, 0].numpy()
 
 
-def _open_output(output: Path) -> tuple[int, str]:
-    """A temporary file beside `output` (its folder created): checks the folder is writable before export."""
+def check_output(output: Path) -> None:
+    """FerkitError unless `output` can be written (its folder is created), checked before the slow export."""
     if output.is_dir():
         raise FerkitError(f"--output {output}: is a folder; give a file name such as model.onnx")
     blocker = next((a for a in output.parents if a.exists() and not a.is_dir()), None)
@@ -227,7 +192,7 @@ def _open_output(output: Path) -> tuple[int, str]:
         raise FerkitError(f"--output {output}: cannot write there ({blocker} is a file, not a folder)")
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        tempfile.TemporaryFile(dir=output.parent).close()
     except OSError as e:
         raise FerkitError(
             f"--output {output}: cannot write there ({e.strerror or e.__class__.__name__})"
@@ -244,11 +209,11 @@ def quantize_int8(data: bytes, calibration: np.ndarray, batch_size: int = 128) -
     weights overflow. Measured on an AVX2 AMD EPYC with the shipped fast model: full range picked PyTorch's
     class on 81% of faces and lost 7.4 points of PublicTest accuracy; 7-bit weights, 99% and 0.06 points,
     at the same speed. The file then runs correctly on every CPU, whichever CPU exported it."""
-    _import_onnxruntime()
+    import_onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    x = _to_float(calibration)
+    x = faces_to_float(calibration)
 
     class Faces(CalibrationDataReader):
         def __init__(self) -> None:
@@ -298,62 +263,51 @@ def export_onnx(
     """
     import torch
 
-    from ferkit.inference import load_predictor
+    from ferkit.runtime.loading import load_predictor
 
     onnx = _import_exporter()
     newest = onnx.defs.onnx_opset_version()
     if opset is not None and not MIN_OPSET <= opset <= newest:
         raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {newest}")
-    _import_onnxruntime()
+    import_onnxruntime()
     output = Path(output)
     random = check_images is None
     faces = random_faces() if random else np.asarray(check_images)
     if len(faces) == 0:
         raise FerkitError("the parity check needs at least one face")
-    x = _to_float(faces)
+    x = faces_to_float(faces)
     predictor, tta = load_predictor(model_path, "cpu")
-    fd, tmp = _open_output(output)
-    try:
-        with torch.no_grad():
-            reference = predictor.predict(faces, "none", batch_size)
-            proto = _export_proto(build_graph_module(predictor), opset, model_path)
-        if opset is not None and _opset_of(proto) != opset:
-            raise FerkitError(f"--opset {opset}: the exporter wrote opset {_opset_of(proto)} instead")
-        quantized = "none" if calibration is None else "int8"
-        onnx.helper.set_model_props(proto, _describe(model_path, predictor, tta) | {"quantized": quantized})
-        proto.doc_string = f"ferkit {Path(model_path).name}: FER2013 expression probabilities"
-        data = proto.SerializeToString()
-        got = _run(_session(data, f"exported {model_path}"), x, batch_size)
-        diff = float(np.abs(got.astype(np.float64) - reference).max())
-        if not diff <= PARITY_TOLERANCE:  # catches NaN too
+    check_output(output)
+    with torch.no_grad():
+        reference = predictor.predict(faces, "none", batch_size)
+        proto = _export_proto(build_graph_module(predictor), opset, model_path)
+    if opset is not None and _opset_of(proto) != opset:
+        raise FerkitError(f"--opset {opset}: the exporter wrote opset {_opset_of(proto)} instead")
+    quantized = "none" if calibration is None else "int8"
+    onnx.helper.set_model_props(proto, _describe(model_path, predictor, tta) | {"quantized": quantized})
+    proto.doc_string = f"ferkit {Path(model_path).name}: FER2013 expression probabilities"
+    data = proto.SerializeToString()
+    got = run_session(onnx_session(data, f"exported {model_path}"), x, batch_size)
+    diff = float(np.abs(got.astype(np.float64) - reference).max())
+    if not diff <= PARITY_TOLERANCE:  # catches NaN too
+        raise FerkitError(
+            f"{model_path}: ONNX Runtime and PyTorch disagree by {diff:.3g} (> {PARITY_TOLERANCE:g}) "
+            f"on {len(faces)} faces; {output} not written"
+        )
+    int8: dict[str, float] = {}
+    if calibration is not None:
+        data = quantize_int8(data, calibration)
+        got = run_session(onnx_session(data, f"int8 {model_path}"), x, batch_size)
+        int8["int8_max_abs_diff"] = float(np.abs(got.astype(np.float64) - reference).max())
+        int8["int8_agreement"] = float((got.argmax(1) == reference.argmax(1)).mean())
+        if not int8["int8_agreement"] >= INT8_MIN_AGREEMENT:
             raise FerkitError(
-                f"{model_path}: ONNX Runtime and PyTorch disagree by {diff:.3g} (> {PARITY_TOLERANCE:g}) "
-                f"on {len(faces)} faces; {output} not written"
+                f"{model_path}: the int8 graph picks PyTorch's class on only "
+                f"{int8['int8_agreement']:.1%} of {len(faces)} faces (< {INT8_MIN_AGREEMENT:.0%}); "
+                f"{output} not written"
             )
-        int8: dict[str, float] = {}
-        if calibration is not None:
-            data = quantize_int8(data, calibration)
-            got = _run(_session(data, f"int8 {model_path}"), x, batch_size)
-            int8["int8_max_abs_diff"] = float(np.abs(got.astype(np.float64) - reference).max())
-            int8["int8_agreement"] = float((got.argmax(1) == reference.argmax(1)).mean())
-            if not int8["int8_agreement"] >= INT8_MIN_AGREEMENT:
-                raise FerkitError(
-                    f"{model_path}: the int8 graph picks PyTorch's class on only "
-                    f"{int8['int8_agreement']:.1%} of {len(faces)} faces (< {INT8_MIN_AGREEMENT:.0%}); "
-                    f"{output} not written"
-                )
-        with os.fdopen(fd, "wb") as fh:
-            fd = -1
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, output)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(output, "wb") as fh:
+        fh.write(data)
     return {
         "output": str(output),
         "max_abs_diff": diff,
@@ -362,63 +316,6 @@ def export_onnx(
         "random_faces": random,
         "quantized": quantized,
     } | int8
-
-
-# ----------------------------------------------------------------------------- ONNX Runtime predictor
-class OnnxPredictor:
-    """An exported ferkit model on ONNX Runtime, with `CheckpointModel.predict`'s interface."""
-
-    def __init__(self, path: str | Path, threads: int = 0) -> None:
-        self.path = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise FerkitError(f"{p}: ONNX model not found")
-        self.session = _session(str(p), str(p), threads)
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if (
-            len(inputs) != 1
-            or list(inputs[0].shape[1:]) != [1, 48, 48]
-            or inputs[0].type != "tensor(float)"
-            or len(outputs) != 1
-            or list(outputs[0].shape[1:]) != [NUM_CLASSES]
-        ):
-            got = ", ".join(f"{i.name} {i.type} {i.shape}" for i in inputs)
-            raise FerkitError(
-                f"{p}: not a ferkit face model (expects one float input N x 1 x 48 x 48 and "
-                f"{NUM_CLASSES} outputs; has {got})"
-            )
-        self.input_name, self.output_name = inputs[0].name, outputs[0].name
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.arch = self.metadata.get("arch", "onnx")
-        self.default_tta = self.metadata.get("tta", "none")
-        names = self.metadata.get("class_names")
-        if names and json.loads(names) != list(CLASS_NAMES):
-            raise FerkitError(f"{p}: model classes {names} do not match FER2013's {list(CLASS_NAMES)}")
-
-    def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        """Probabilities (N, 7) as float64, in the order of `images` (uint8 N x 48 x 48); TTA averaged."""
-        import torch
-
-        from ferkit.data.transforms import tta_views
-
-        x = _to_float(images)
-        out = []
-        for i in range(0, len(x), batch_size):
-            views = tta_views(torch.from_numpy(x[i : i + batch_size]), tta)
-            probs = sum(
-                self.session.run([self.output_name], {self.input_name: v.contiguous().numpy()})[0].astype(
-                    np.float64
-                )
-                for v in views
-            )
-            out.append(probs / len(views))
-        return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES))
-
-
-def load_onnx_predictor(path: str | Path, threads: int = 0) -> tuple[OnnxPredictor, str]:
-    """An exported model and its default TTA (an ensemble spec's own), as `load_predictor` returns them."""
-    predictor = OnnxPredictor(path, threads)
-    return predictor, predictor.default_tta
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -474,15 +371,13 @@ def preflight(model_path: str, output: Path, opset: int | None = None) -> None:
         raise FerkitError(f"{p}: already ONNX; export takes a checkpoint (.pth) or an ensemble spec (.json)")
     if opset is not None and opset < MIN_OPSET:
         raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opset {MIN_OPSET} or newer")
-    fd, tmp = _open_output(output)
-    os.close(fd)
-    Path(tmp).unlink()
+    check_output(output)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     if args.check_images < 1:
         raise FerkitError(f"--check_images {args.check_images}: must be at least 1")
-    from ferkit.inference import resolve_model_path
+    from ferkit.runtime.loading import resolve_model_path
 
     model_path = resolve_model_path(args.model_path)
     preflight(model_path, Path(args.output), args.opset)

@@ -23,8 +23,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ferkit.apps.predict import COLORS, add_model_args, describe_model, predict_image
 from ferkit.errors import FerkitError
-from ferkit.predict import COLORS, add_model_args, describe_model, load_model, predict_image
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of the image itself
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and headers around it
@@ -161,6 +161,8 @@ def create_app(
     from fastapi import Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
+
+    from ferkit.runtime.loading import load_model  # torch: only once a server starts
 
     predictor, default_tta, shown = load_model(model_path, backend, device, precision)
     tta = tta or default_tta

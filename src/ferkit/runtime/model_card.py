@@ -12,25 +12,19 @@ accuracy is measured after that rounding.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import tempfile
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ferkit import __version__
-from ferkit.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
-from ferkit.inference import CheckpointModel, Ensemble, load_predictor, members_and_weights
+from ferkit.runtime.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ferkit.runtime.predictor import CheckpointModel, Ensemble
 
 CARD_FORMAT = "ferkit-model-card"
-SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED_CARD = SHIPPED_DIR / "ferkit-fer2013.json"  # the default model
 MEMBER_KEYS = ("arch", "model_args", "input_size", "mean", "std")
 CARD_KEYS = ("weights", "members", "class_names")
@@ -125,100 +119,3 @@ def from_storage(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         else:
             out[k] = v
     return out
-
-
-def git_commit() -> str:
-    """The commit of the working tree ferkit runs from ('unknown' outside a git checkout)."""
-    out = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=Path(__file__).parent,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return out.stdout.strip() or "unknown"
-
-
-def write_model_card(
-    model_path: str,
-    card_path: Path,
-    ds: Any,
-    tta: str,
-    command: str,
-    name: str = "",
-    batch_size: int = 512,
-    weights_dtype: str = "float16",
-) -> dict[str, Any]:
-    """Write `model_path` (a checkpoint or ensemble spec) as safetensors (`weights_dtype`, see `to_storage`)
-    + card at `card_path`, with its accuracy on PublicTest and PrivateTest (single-crop and `tta`) measured
-    on the written files."""
-    from safetensors.torch import save_file
-
-    from ferkit.evaluate import evaluate_model
-
-    predictor, _ = load_predictor(model_path, "cpu")
-    members, weights = members_and_weights(predictor)
-    tensors = {}
-    for i, m in enumerate(members):
-        for k, v in m.model.state_dict().items():
-            tensors |= to_storage(f"{i}.{k}", v, weights_dtype)
-    card_path.parent.mkdir(parents=True, exist_ok=True)
-    weights_path = card_path.with_suffix(".safetensors")
-    # Written and measured as drafts beside the card, which take its place only once measured: an
-    # interrupted or failed ship leaves no card without its accuracy, and an earlier card intact.
-    draft = card_path.with_name(f".{card_path.stem}.draft.json")
-    draft_weights = draft.with_suffix(".safetensors")
-    save_file(tensors, draft_weights, metadata={"format": CARD_FORMAT, "card": card_path.name})
-    os.chmod(draft_weights, 0o644)
-    card: dict[str, Any] = {
-        "format": CARD_FORMAT,
-        "name": name or card_path.stem,
-        "description": "Facial expression classifier for 48x48 grayscale faces (FER2013's 7 classes)",
-        "weights": draft_weights.name,
-        "sha256": sha256(draft_weights),
-        "parameters": int(
-            sum(
-                v.numel()
-                for k, v in tensors.items()
-                if not k.endswith("num_batches_tracked") and not k.startswith(SCALE_PREFIX)
-            )
-        ),
-        "weights_dtype": weights_dtype,
-        "members": [
-            {k: m.ckpt[k] for k in MEMBER_KEYS} | {"weight": float(w)}
-            for m, w in zip(members, weights, strict=True)
-        ],
-        "class_names": list(CLASS_NAMES),
-        "input": "N x 1 x 48 x 48 grayscale faces; each member resizes and normalises with its mean/std",
-        "tta": tta,
-        "training_command": command,
-        "commit": git_commit(),
-        "ferkit_version": __version__,
-        "date": date.today().isoformat(),
-        "data": ds.source,
-        "checkpoint_selection": "PublicTest (PrivateTest is only reported)",
-    }
-    accuracy: dict[str, dict[str, float]] = {}
-    try:
-        write_json(draft, card)
-        for split in ("PublicTest", "PrivateTest"):
-            accuracy[split] = {}
-            for mode in dict.fromkeys(("none", tta)):
-                report, _, _ = evaluate_model(str(draft), ds, split, mode, batch_size, "cpu")
-                accuracy[split][mode] = round(report["accuracy"], 6)
-        os.replace(draft_weights, weights_path)
-    finally:
-        draft.unlink(missing_ok=True)
-        draft_weights.unlink(missing_ok=True)
-    card |= {"weights": weights_path.name, "accuracy": accuracy}
-    write_json(card_path, card)
-    return card
-
-
-def write_json(path: Path, obj: dict[str, Any]) -> None:
-    """Write JSON atomically (temporary file + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(obj, indent=2) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""The public Python API (re-exported by `ferkit/__init__.py`); being built."""

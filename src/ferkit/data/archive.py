@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from ferkit.data.cache import cache_dir, source_key
+from ferkit.data.csv_reader import FOLDER_CSVS
 from ferkit.data.dataset import FerDataset
 from ferkit.data.folder_reader import IMAGE_SUFFIXES, SPLIT_FOLDERS, class_index
 from ferkit.errors import FerkitError
@@ -249,8 +250,6 @@ def find_data(archive: Path, base: Path) -> Path:
 
     Single wrapping folders (`fer2013/...`) are stepped into, unless named like a split or a class.
     """
-    from ferkit.data.loader import FOLDER_CSVS  # the loader imports this module
-
     root = base
     while True:
         entries = list(root.iterdir())

@@ -15,6 +15,8 @@ from ferkit.errors import FerkitError
 
 PIXELS = 48 * 48
 USAGES = ("Training", "PublicTest", "PrivateTest")
+# The CSV files a Kaggle folder may hold, in the order the loader looks for them.
+FOLDER_CSVS = ("fer2013.csv", "fer2013.csv.gz", "icml_face_data.csv", "icml_face_data.csv.gz", "train.csv")
 
 
 def read_bytes(path: Path) -> bytes:

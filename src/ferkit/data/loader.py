@@ -9,7 +9,7 @@ import numpy as np
 
 from ferkit.data.archive import is_archive, read_archive
 from ferkit.data.cache import cached
-from ferkit.data.csv_reader import read_csv
+from ferkit.data.csv_reader import FOLDER_CSVS, read_csv
 from ferkit.data.dataset import FerDataset
 from ferkit.data.ferplus import apply_ferplus, attach_votes
 from ferkit.data.folder_reader import read_image_folders
@@ -17,7 +17,6 @@ from ferkit.errors import FerkitError
 
 DEFAULT_CANDIDATES = ("data/fer2013.csv", "data/fer2013.csv.gz")
 # Inside a folder, the forms that hold every split come first.
-FOLDER_CSVS = ("fer2013.csv", "fer2013.csv.gz", "icml_face_data.csv", "icml_face_data.csv.gz", "train.csv")
 HOW_TO_GET = (
     "pass --data PATH, set FERKIT_DATA, or put fer2013.csv in ./data "
     "(`ferkit data download --out data` fetches it from Kaggle)"

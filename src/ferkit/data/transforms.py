@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ferkit.classes import TTA_MODES
 from ferkit.errors import FerkitError
 
 
@@ -144,7 +145,6 @@ class BatchTransform:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
-TTA_MODES = ("none", "flip", "tencrop")
 # shifts of up to 2 pixels, as 44x44 crops of a 48x48 face: chosen on PublicTest with the shipped models
 # (ensemble 71.22% with 2 against 71.05% with 4 and 70.86% with 1; fast model 69.99% against 69.55%)
 TENCROP_PAD = 2

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ferkit.classes import BACKENDS
 from ferkit.errors import FerkitError
 from ferkit.runtime.model_card import SHIPPED_CARD, is_model_card, model_from_card, shipped_models
 from ferkit.runtime.onnx import load_onnx_predictor
@@ -17,7 +18,6 @@ from ferkit.runtime.predictor import CheckpointModel, Predictor, flatten, member
 from ferkit.utils.device import autocast_dtype, select_device
 
 ENSEMBLE_FORMAT = "ferkit-ensemble"
-BACKENDS = ("torch", "onnx")
 
 
 def save_ensemble_spec(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import warnings
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -52,26 +54,8 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
     split; `emotion,pixels` (train.csv) is Training; `pixels` alone (test.csv) is unlabelled `test`.
     Bad rows raise FerkitError naming the file and line, or are skipped and counted.
     """
-    data = read_bytes(path)
-    header, lines = _split_lines(path, data)
-    if "pixels" not in header and "image name" in header:
-        raise FerkitError(f"{path}: this is the FER+ label file, not the images: pass it with --ferplus")
-    if "pixels" not in header:
-        raise FerkitError(
-            f"{path}: no 'pixels' column (columns: {', '.join(header)[:80]}); "
-            "expected FER2013 columns emotion,pixels,Usage"
-        )
-    col = {name: header.index(name) for name in ("emotion", "pixels", "usage") if name in header}
-    ncols = len(header)
-    default_split = "Training" if "emotion" in col else "test"
-    if "usage" in col and "emotion" not in col:
-        raise FerkitError(f"{path}: has a 'Usage' column but no 'emotion' column")
-
-    pixel_fields: list[bytes] = []
-    labels: list[int] = []
-    splits: list[str] = []
-    rows: list[int] = []
-    linenos: list[int] = []
+    header, lines = _split_lines(path, read_bytes(path))
+    col = _columns(path, header)
     bad: list[str] = []
 
     def reject(lineno: int, why: str) -> None:
@@ -80,15 +64,64 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
             raise FerkitError(msg)
         bad.append(msg)
 
-    row = -1  # data-row number in the file (blank lines don't count), the FER+ row it pairs with
+    rows = _read_rows(header, lines, col, reject)
+    images, ok = _parse_pixels(rows.pixels)
+    for i in np.flatnonzero(~ok):
+        reject(rows.linenos[i], _pixel_problem(rows.pixels[i]))
+    keep = np.flatnonzero(ok)
+    if not len(keep):
+        raise FerkitError(f"{path}: no usable rows")
+    return FerDataset(
+        images=images[keep].reshape(-1, 48, 48),
+        labels=np.asarray(rows.labels, np.int64)[keep],
+        splits=np.asarray(rows.splits)[keep],
+        indices=np.asarray(rows.rows, np.int64)[keep],
+        source=str(path),
+        notes=[f"skipped {len(bad)} bad rows (first: {bad[0]})"] if bad else [],
+    )
+
+
+def _columns(path: Path, header: list[str]) -> dict[str, int]:
+    """Position of each FER2013 column present (emotion, pixels, usage); FerkitError for other files."""
+    if "pixels" not in header and "image name" in header:
+        raise FerkitError(f"{path}: this is the FER+ label file, not the images: pass it with --ferplus")
+    if "pixels" not in header:
+        raise FerkitError(
+            f"{path}: no 'pixels' column (columns: {', '.join(header)[:80]}); "
+            "expected FER2013 columns emotion,pixels,Usage"
+        )
+    col = {name: header.index(name) for name in ("emotion", "pixels", "usage") if name in header}
+    if "usage" in col and "emotion" not in col:
+        raise FerkitError(f"{path}: has a 'Usage' column but no 'emotion' column")
+    return col
+
+
+@dataclass
+class _Rows:
+    """The well-formed rows' fields, before their pixels are parsed."""
+
+    pixels: list[bytes] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # data-row number, the FER+ row it pairs with
+    linenos: list[int] = field(default_factory=list)
+
+
+def _read_rows(
+    header: list[str], lines: list[bytes], col: dict[str, int], reject: Callable[[int, str], None]
+) -> _Rows:
+    """Split each line into fields and check its label and split; `reject` is told about bad lines."""
+    out = _Rows()
+    default_split = "Training" if "emotion" in col else "test"
+    row = -1  # blank lines don't count
     for lineno, line in enumerate(lines, start=2):
         line = line.rstrip(b"\r")
         if not line.strip():
             continue
         row += 1
         fields = [f.strip().strip(b'"') for f in line.split(b",")]
-        if len(fields) != ncols:
-            reject(lineno, f"expected {ncols} fields ({','.join(header)}), found {len(fields)}")
+        if len(fields) != len(header):
+            reject(lineno, f"expected {len(header)} fields ({','.join(header)}), found {len(fields)}")
             continue
         label = -1
         if "emotion" in col:
@@ -97,40 +130,16 @@ def read_csv(path: Path, skip_bad_rows: bool = False) -> FerDataset:
                 reject(lineno, f"emotion {text!r} is not a label 0-{NUM_CLASSES - 1}")
                 continue
             label = int(text)
-        split = default_split
-        if "usage" in col:
-            split = fields[col["usage"]].decode("utf-8", "replace")
-            if split not in USAGES:
-                reject(lineno, f"Usage {split!r} is not one of {', '.join(USAGES)}")
-                continue
-        pixel_fields.append(fields[col["pixels"]])
-        labels.append(label)
-        splits.append(split)
-        rows.append(row)
-        linenos.append(lineno)
-
-    images, ok = _parse_pixels(pixel_fields)
-    for i in np.flatnonzero(~ok):
-        reject(linenos[i], _pixel_problem(pixel_fields[i]))
-    if not ok.all():
-        keep = np.flatnonzero(ok)
-        images = images[keep]
-        labels = [labels[i] for i in keep]
-        splits = [splits[i] for i in keep]
-        rows = [rows[i] for i in keep]
-    if not rows:
-        raise FerkitError(f"{path}: no usable rows")
-    notes = []
-    if bad:
-        notes.append(f"skipped {len(bad)} bad rows (first: {bad[0]})")
-    return FerDataset(
-        images=images.reshape(-1, 48, 48),
-        labels=np.asarray(labels, np.int64),
-        splits=np.asarray(splits),
-        indices=np.asarray(rows, np.int64),
-        source=str(path),
-        notes=notes,
-    )
+        split = fields[col["usage"]].decode("utf-8", "replace") if "usage" in col else default_split
+        if "usage" in col and split not in USAGES:
+            reject(lineno, f"Usage {split!r} is not one of {', '.join(USAGES)}")
+            continue
+        out.pixels.append(fields[col["pixels"]])
+        out.labels.append(label)
+        out.splits.append(split)
+        out.rows.append(row)
+        out.linenos.append(lineno)
+    return out
 
 
 def _parse_pixels(fields: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

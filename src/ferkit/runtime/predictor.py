@@ -88,7 +88,7 @@ class CheckpointModel:
     @cached_property
     def inference_model(self) -> nn.Module:
         """`model` for inference: each BatchNorm folded into the convolution before it (the same function
-        to float rounding, 1.4-2.4x faster on CPU), channels-last memory on CPU. `model` itself is kept
+        to float rounding, and faster), channels-last memory on CPU. `model` itself is kept
         as trained (its state_dict is what `ferkit ship` writes)."""
         fused = fuse(self.model.eval())
         device = next(fused.parameters()).device

@@ -12,7 +12,6 @@ Heavy imports (torch, onnx, onnxruntime) happen inside the functions, so the CLI
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -49,6 +48,7 @@ MIN_OPSET = 18  # torch's exporter has no implementations below 18 (it would sil
 CHECK_IMAGES = 64
 CALIBRATION_IMAGES = 1024  # Training faces that set the int8 activation ranges
 INT8_MIN_AGREEMENT = 0.9  # an int8 graph choosing PyTorch's class less often than this is refused
+QUANTIZE_MODES = ("none", "int8")
 
 
 def _import_exporter():
@@ -206,9 +206,8 @@ def quantize_int8(data: bytes, calibration: np.ndarray, batch_size: int = 128) -
 
     The weights use 7 of their 8 bits (`reduce_range`): on x86 CPUs without VNNI (AVX2, AVX-512 without
     VNNI) ONNX Runtime's uint8 x int8 kernels add products pairwise in saturating 16 bits, which full-range
-    weights overflow. Measured on an AVX2 AMD EPYC with the shipped fast model: full range picked PyTorch's
-    class on 81% of faces and lost 7.4 points of PublicTest accuracy; 7-bit weights, 99% and 0.06 points,
-    at the same speed. The file then runs correctly on every CPU, whichever CPU exported it."""
+    weights overflow (docs/findings.md, 2026-12-01). The file then runs correctly on every CPU, whichever
+    CPU exported it."""
     import_onnxruntime()
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -243,6 +242,68 @@ def quantize_int8(data: bytes, calibration: np.ndarray, batch_size: int = 128) -
         return int8_path.read_bytes()
 
 
+class _Parity:
+    """The faces every exported graph is checked on, with PyTorch's probabilities for them (no TTA)."""
+
+    def __init__(self, model_path: str, output: Path, x: np.ndarray, reference: np.ndarray, batch_size: int):
+        self.model_path, self.output, self.batch_size = model_path, output, batch_size
+        self.x, self.reference = x, reference
+
+    def run(self, data: bytes, what: str) -> np.ndarray:
+        """The graph's probabilities on the faces, on ONNX Runtime."""
+        return run_session(onnx_session(data, f"{what} {self.model_path}"), self.x, self.batch_size)
+
+    def max_diff(self, got: np.ndarray) -> float:
+        return float(np.abs(got.astype(np.float64) - self.reference).max())
+
+
+def _check_opset(onnx: Any, opset: int | None) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {newest}")
+
+
+def _float_graph(onnx: Any, model_path: str, predictor: Any, opset: int | None, props: dict[str, str]):
+    """The exported float graph (a ModelProto) with its metadata; FerkitError if the opset is not `opset`."""
+    proto = _export_proto(build_graph_module(predictor), opset, model_path)
+    if opset is not None and _opset_of(proto) != opset:
+        raise FerkitError(f"--opset {opset}: the exporter wrote opset {_opset_of(proto)} instead")
+    onnx.helper.set_model_props(proto, props)
+    proto.doc_string = f"ferkit {Path(model_path).name}: FER2013 expression probabilities"
+    return proto
+
+
+def _check_float(data: bytes, parity: _Parity) -> float:
+    """The float graph's largest probability difference from PyTorch; FerkitError over the tolerance."""
+    diff = parity.max_diff(parity.run(data, "exported"))
+    if not diff <= PARITY_TOLERANCE:  # catches NaN too
+        raise FerkitError(
+            f"{parity.model_path}: ONNX Runtime and PyTorch disagree by {diff:.3g} (> {PARITY_TOLERANCE:g}) "
+            f"on {len(parity.x)} faces; {parity.output} not written"
+        )
+    return diff
+
+
+def _quantize_checked(
+    data: bytes, calibration: np.ndarray, parity: _Parity
+) -> tuple[bytes, dict[str, float]]:
+    """The int8 graph of a checked float one, with its difference from PyTorch and its share of PyTorch's
+    classes; FerkitError when that share is under INT8_MIN_AGREEMENT."""
+    data = quantize_int8(data, calibration)
+    got = parity.run(data, "int8")
+    int8 = {
+        "int8_max_abs_diff": parity.max_diff(got),
+        "int8_agreement": float((got.argmax(1) == parity.reference.argmax(1)).mean()),
+    }
+    if not int8["int8_agreement"] >= INT8_MIN_AGREEMENT:
+        raise FerkitError(
+            f"{parity.model_path}: the int8 graph picks PyTorch's class on only "
+            f"{int8['int8_agreement']:.1%} of {len(parity.x)} faces (< {INT8_MIN_AGREEMENT:.0%}); "
+            f"{parity.output} not written"
+        )
+    return data, int8
+
+
 def export_onnx(
     model_path: str,
     output: Path,
@@ -266,9 +327,7 @@ def export_onnx(
     from ferkit.runtime.loading import load_predictor
 
     onnx = _import_exporter()
-    newest = onnx.defs.onnx_opset_version()
-    if opset is not None and not MIN_OPSET <= opset <= newest:
-        raise FerkitError(f"--opset {opset}: torch's ONNX exporter writes opsets {MIN_OPSET} to {newest}")
+    _check_opset(onnx, opset)
     import_onnxruntime()
     output = Path(output)
     random = check_images is None
@@ -279,33 +338,15 @@ def export_onnx(
     predictor, tta = load_predictor(model_path, "cpu")
     check_output(output)
     with torch.no_grad():
-        reference = predictor.predict(faces, "none", batch_size)
-        proto = _export_proto(build_graph_module(predictor), opset, model_path)
-    if opset is not None and _opset_of(proto) != opset:
-        raise FerkitError(f"--opset {opset}: the exporter wrote opset {_opset_of(proto)} instead")
+        parity = _Parity(model_path, output, x, predictor.predict(faces, "none", batch_size), batch_size)
     quantized = "none" if calibration is None else "int8"
-    onnx.helper.set_model_props(proto, _describe(model_path, predictor, tta) | {"quantized": quantized})
-    proto.doc_string = f"ferkit {Path(model_path).name}: FER2013 expression probabilities"
+    props = _describe(model_path, predictor, tta) | {"quantized": quantized}
+    proto = _float_graph(onnx, model_path, predictor, opset, props)
     data = proto.SerializeToString()
-    got = run_session(onnx_session(data, f"exported {model_path}"), x, batch_size)
-    diff = float(np.abs(got.astype(np.float64) - reference).max())
-    if not diff <= PARITY_TOLERANCE:  # catches NaN too
-        raise FerkitError(
-            f"{model_path}: ONNX Runtime and PyTorch disagree by {diff:.3g} (> {PARITY_TOLERANCE:g}) "
-            f"on {len(faces)} faces; {output} not written"
-        )
+    diff = _check_float(data, parity)
     int8: dict[str, float] = {}
     if calibration is not None:
-        data = quantize_int8(data, calibration)
-        got = run_session(onnx_session(data, f"int8 {model_path}"), x, batch_size)
-        int8["int8_max_abs_diff"] = float(np.abs(got.astype(np.float64) - reference).max())
-        int8["int8_agreement"] = float((got.argmax(1) == reference.argmax(1)).mean())
-        if not int8["int8_agreement"] >= INT8_MIN_AGREEMENT:
-            raise FerkitError(
-                f"{model_path}: the int8 graph picks PyTorch's class on only "
-                f"{int8['int8_agreement']:.1%} of {len(faces)} faces (< {INT8_MIN_AGREEMENT:.0%}); "
-                f"{output} not written"
-            )
+        data, int8 = _quantize_checked(data, calibration, parity)
     with atomic_write(output, "wb") as fh:
         fh.write(data)
     return {
@@ -318,7 +359,7 @@ def export_onnx(
     } | int8
 
 
-# ----------------------------------------------------------------------------- CLI
+# ----------------------------------------------------------------------------- the export command
 def export_data(data: str | None, skip_bad_rows: bool) -> FerDataset | None:
     """The FER2013 data for export's parity check and int8 calibration, loaded once: `data`, or (None)
     $FERKIT_DATA or ./data/fer2013.csv when present; None when there is none."""
@@ -374,65 +415,32 @@ def preflight(model_path: str, output: Path, opset: int | None = None) -> None:
     check_output(output)
 
 
-def cmd_export(args: argparse.Namespace) -> int:
-    if args.check_images < 1:
-        raise FerkitError(f"--check_images {args.check_images}: must be at least 1")
-    from ferkit.runtime.loading import resolve_model_path
+def export_model(
+    model_path: str | None,
+    output: str | Path,
+    data: str | None = None,
+    skip_bad_rows: bool = False,
+    check_images: int = CHECK_IMAGES,
+    opset: int | None = None,
+    quantize: str = "none",
+) -> dict[str, Any]:
+    """`ferkit export` from start to end: the cheap checks, then FER2013 (`data`, or the default when there
+    is one) loaded once for the parity check's first `check_images` PublicTest faces and, with `quantize`
+    "int8", the calibration's Training faces; then `export_onnx`. Its result, plus "checked_on" (which faces
+    the parity check used, in words) and "calibration_images" (0 without int8)."""
+    if check_images < 1:
+        raise FerkitError(f"--check_images {check_images}: must be at least 1")
+    if quantize not in QUANTIZE_MODES:
+        raise FerkitError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE_MODES)}")
+    from ferkit.runtime.loading import resolve_model_path  # torch: only once the options are checked
 
-    model_path = resolve_model_path(args.model_path)
-    preflight(model_path, Path(args.output), args.opset)
-    ds = export_data(args.data, args.skip_bad_rows)
-    calibration = calibration_faces(ds) if args.quantize == "int8" else None
-    faces, what = parity_faces(ds, args.check_images)
-    result = export_onnx(model_path, Path(args.output), args.opset, faces, calibration=calibration)
+    model_path = resolve_model_path(model_path)
+    output = Path(output)
+    preflight(model_path, output, opset)
+    ds = export_data(data, skip_bad_rows)
+    calibration = calibration_faces(ds) if quantize == "int8" else None
+    faces, what = parity_faces(ds, check_images)
+    result = export_onnx(model_path, output, opset, faces, calibration=calibration)
     if result["random_faces"]:
         what = f"{result['images']} {what}"
-    print(result["output"])
-    print(
-        f"opset {result['opset']}; largest |ONNX Runtime - PyTorch| probability difference "
-        f"{result['max_abs_diff']:.2e} on {what}"
-    )
-    if calibration is not None:
-        print(
-            f"int8 (calibrated on {len(calibration)} Training faces): largest probability difference "
-            f"{result['int8_max_abs_diff']:.2e}, PyTorch's class on {result['int8_agreement']:.1%} of them"
-        )
-    return 0
-
-
-def add_export_parser(sub: argparse._SubParsersAction) -> None:
-    ex = sub.add_parser(
-        "export", help="export a checkpoint or ensemble to ONNX (preprocessing inside), parity-checked"
-    )
-    ex.add_argument(
-        "--model_path",
-        "--model-path",
-        default=None,
-        help="checkpoint (.pth), ensemble spec, model card (.json) or a shipped model's name "
-        "(default: ferkit-fer2013)",
-    )
-    ex.add_argument("--output", "-o", required=True, help="ONNX file to write, e.g. model.onnx")
-    ex.add_argument(
-        "--data",
-        help="FER2013 file or folder for the parity check (default: $FERKIT_DATA, ./data/fer2013.csv; "
-        "random faces when none)",
-    )
-    ex.add_argument(
-        "--skip-bad-rows", "--skip_bad_rows", action="store_true", help="skip malformed rows of --data"
-    )
-    ex.add_argument(
-        "--check_images",
-        "--check-images",
-        type=int,
-        default=CHECK_IMAGES,
-        help=f"faces compared between ONNX Runtime and PyTorch (default {CHECK_IMAGES})",
-    )
-    ex.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    ex.add_argument(
-        "--quantize",
-        choices=["none", "int8"],
-        default="none",
-        help=f"int8: static int8 quantization for ONNX Runtime, calibrated on {CALIBRATION_IMAGES} "
-        "Training faces of --data (about 2x faster on a CPU; default none)",
-    )
-    ex.set_defaults(func=cmd_export)
+    return result | {"checked_on": what, "calibration_images": 0 if calibration is None else len(calibration)}

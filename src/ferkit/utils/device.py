@@ -68,6 +68,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 
 def channels_last_pays_off(dtype: torch.dtype | None, device: torch.device) -> bool:
     """Whether training runs faster in channels-last memory: with bf16/fp16 autocast, on CUDA, and in
-    fp32 on CPUs without bf16 units (1.1-1.2x on an AVX2 EPYC); fp32 on the bf16 Xeon ran 11x slower
-    with it (bench/train_speed.py --fp32_variants), so fp32 stays contiguous there."""
+    fp32 on CPUs without bf16 units; fp32 on CPUs with bf16 units stays contiguous, where channels-last
+    is much slower (`bench/train_speed.py --fp32_variants`; figures in docs/benchmarks.md)."""
     return dtype is not None or device.type == "cuda" or not cpu_has_bf16()

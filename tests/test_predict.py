@@ -390,7 +390,7 @@ def test_using_a_model_imports_neither_torchvision_nor_wandb(tmp_path, faces) ->
     Image.fromarray(faces[0]).save(face)
     script = (
         "import sys\n"
-        "from ferkit.predict import predict_paths\n"
+        "from ferkit.apps.predict import predict_paths\n"
         f"results, failed = predict_paths([{str(face)!r}], None, detect=False, progress=False)\n"
         "assert results[0]['faces'] and not failed, (results, failed)\n"
         "loaded = sorted({'torchvision', 'wandb'} & set(sys.modules))\n"

@@ -77,6 +77,12 @@ def load_image(path: str | Path) -> Image.Image:
     return _to_rgb_or_l(upright)
 
 
+def upright_image(im: Image.Image) -> Image.Image:
+    """An image already opened (a PIL image a caller holds) as `load_image` returns a file's: EXIF
+    orientation applied, mode RGB or L."""
+    return _to_rgb_or_l(ImageOps.exif_transpose(im))
+
+
 def _to_rgb_or_l(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode in ("RGB", "L"):
@@ -111,20 +117,31 @@ def to_gray(image: Image.Image | np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- detection and crops
-@functools.lru_cache(maxsize=1)
-def _cascade() -> cv2.CascadeClassifier:
-    path = os.path.join(cv2.data.haarcascades, CASCADE)
-    cascade = cv2.CascadeClassifier(path)
+@functools.lru_cache(maxsize=4)
+def _cascade(path: str | None = None) -> cv2.CascadeClassifier:
+    """OpenCV's frontal-face cascade, or the cascade file `path`."""
+    default = os.path.join(cv2.data.haarcascades, CASCADE)
+    cascade = cv2.CascadeClassifier(path or default)
     if cascade.empty():
+        if path:
+            raise FerkitError(f"{path}: not an OpenCV cascade file (or not found)")
         raise FerkitError(
-            f"OpenCV's face detector {path} could not be loaded (install opencv-python-headless 4)"
+            f"OpenCV's face detector {default} could not be loaded (install opencv-python-headless 4)"
         )
     return cascade
 
 
-def detect_faces(gray: np.ndarray) -> list[Box]:
+def detect_faces(
+    gray: np.ndarray,
+    scale_factor: float = SCALE_FACTOR,
+    min_neighbors: int = MIN_NEIGHBORS,
+    min_size: int | None = None,
+    cascade: str | None = None,
+) -> list[Box]:
     """Frontal faces (x, y, w, h) in a uint8 gray image, left to right (OpenCV's Haar cascade).
 
+    `min_size`: the smallest face side in pixels of `gray` (None: 1/25 of its shorter side, at least 24);
+    `cascade`: another cascade file than OpenCV's frontal-face one.
     No histogram equalisation: the cascade normalises each window's contrast itself, and on FER2013 faces
     pasted onto textured photos equalising found a third fewer faces (54 vs 82 of 120), no fewer false ones.
     """
@@ -136,13 +153,16 @@ def detect_faces(gray: np.ndarray) -> list[Box]:
         small = cv2.resize(
             gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
         )
-    min_side = max(24, round(min(small.shape) * MIN_FACE_FRACTION))
+    if min_size is None:
+        min_side = max(24, round(min(small.shape) * MIN_FACE_FRACTION))
+    else:
+        min_side = max(1, round(min_size * scale))
     if min(small.shape) < min_side:
         return []
-    found = _cascade().detectMultiScale(
+    found = _cascade(cascade).detectMultiScale(
         small,
-        scaleFactor=SCALE_FACTOR,
-        minNeighbors=MIN_NEIGHBORS,
+        scaleFactor=scale_factor,
+        minNeighbors=min_neighbors,
         minSize=(min_side, min_side),
     )
     boxes = [tuple(round(int(v) / scale) for v in box) for box in np.asarray(found).reshape(-1, 4)]

@@ -74,26 +74,26 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[str]]:
 
 # ----------------------------------------------------------------------------- prediction
 class _Batcher:
-    """Collects face crops from many files and classifies them a batch at a time.
+    """Collects face crops from many files and classifies them a batch at a time (`FaceBatcher`, as the
+    Python API's `Recognizer` does).
 
-    Face dicts are filled in place when their batch runs; annotated copies wait for their faces.
+    Face dicts (`Face.to_dict()`) are filled in place when their batch runs; annotated copies wait for
+    their faces.
     """
 
     def __init__(self, predictor: Any, tta: str, batch_size: int, annotate_dir: Path | None) -> None:
-        self.predictor = predictor
-        self.tta = tta
-        self.batch_size = batch_size
+        from ferkit.apps.recognizer import FaceBatcher  # torch: only once there is work
+
+        self.batcher = FaceBatcher(predictor, tta, batch_size)
         self.annotate_dir = annotate_dir
-        self.faces: list[dict[str, Any]] = []
-        self.crops: list[np.ndarray] = []
         self.annotations: list[tuple[Any, list[dict[str, Any]], Path]] = []
 
-    def add(self, box: Sequence[int], crop: np.ndarray) -> dict[str, Any]:
-        face: dict[str, Any] = {"box": [int(v) for v in box], "emotion": None, "probabilities": None}
-        self.faces.append(face)
-        self.crops.append(crop)
-        if len(self.crops) >= self.batch_size:
-            self.flush()
+    def add(self, crop: Any) -> dict[str, Any]:
+        """A face dict for `crop` (a `FaceCrop`), its emotion filled in when its batch runs."""
+        face: dict[str, Any] = {"box": [int(v) for v in crop.box], "emotion": None, "probabilities": None}
+        self.batcher.add(crop, lambda found: face.update(found.to_dict()))
+        if not self.batcher.pending:  # a batch just ran: the copies waiting for it can be drawn
+            self._save_annotations()
         return face
 
     def annotate_later(self, image: Any, faces: list[dict[str, Any]], out: Path) -> None:
@@ -102,31 +102,19 @@ class _Batcher:
             self.flush()
 
     def flush(self) -> None:
-        if self.crops:
-            probs = self.predictor.predict(np.stack(self.crops), self.tta, self.batch_size)
-            for face, p in zip(self.faces, probs, strict=True):
-                face["emotion"] = CLASS_NAMES[int(np.argmax(p))]
-                face["probabilities"] = rounded_probabilities(p)
-            self.faces, self.crops = [], []
+        self.batcher.flush()
+        self._save_annotations()
+
+    def _save_annotations(self) -> None:
         for image, faces, out in self.annotations:
             save_annotated(image, faces, out)
         self.annotations = []
 
 
-def rounded_probabilities(p: np.ndarray, places: int = 4) -> dict[str, float]:
-    """Class -> probability, rounded (the rounded values still sum to 1 within 7 * 0.5e-4)."""
-    p = np.asarray(p, np.float64)
-    p = p / p.sum()
-    return {name: round(float(v), places) for name, v in zip(CLASS_NAMES, p, strict=True)}
-
-
 def _faces_of(gray: np.ndarray, batcher: _Batcher, detect: bool) -> list[dict[str, Any]]:
-    from ferkit.apps.faces import crop_face, detect_faces, resize_gray
+    from ferkit.apps.recognizer import face_crops
 
-    if not detect:
-        h, w = gray.shape[:2]
-        return [batcher.add((0, 0, w, h), resize_gray(gray))]
-    return [batcher.add(box, crop_face(gray, box)) for box in detect_faces(gray)]
+    return [batcher.add(crop) for crop in face_crops(gray, detect)]
 
 
 def _predict_image(path: Path, batcher: _Batcher, detect: bool, out: Path | None) -> dict[str, Any]:

@@ -151,6 +151,26 @@ class TrainConfig:
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
+    def validate(self, world: int = 1) -> None:
+        """Checks across options (each option's own type and range is checked as it is read), for a run
+        of `world` processes; a FerkitError names the options at fault."""
+        if self.time_budget and world > 1:
+            raise FerkitError("--time_budget is for single-process runs; use --epochs with torchrun")
+        if self.ferplus_votes and self.labels == "ferplus":
+            raise FerkitError(
+                "--ferplus_votes is for FER2013 labels; with --labels ferplus use --soft_labels"
+            )
+        if self.soft_labels and self.labels != "ferplus":
+            raise FerkitError("--soft_labels trains on FER+ vote distributions: add --labels ferplus")
+        progressive_set = (self.progressive_mode, self.progressive_until) != (
+            TrainConfig.progressive_mode,
+            TrainConfig.progressive_until,
+        )
+        if progressive_set and not self.progressive_resize:
+            raise FerkitError("--progressive_mode and --progressive_until need --progressive_resize SIDE")
+        if self.resume and not self.output_dir:
+            raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
+
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 

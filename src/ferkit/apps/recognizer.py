@@ -110,7 +110,7 @@ def face_of(crop: FaceCrop, p: np.ndarray) -> Face:
 
 # ----------------------------------------------------------------------------- finding faces
 @dataclass(frozen=True)
-class Detector:
+class HaarSettings:
     """Settings of the face finder (OpenCV's Haar cascade, `ferkit.apps.faces.detect_faces`).
 
     `min_face_size` is the smallest face side in pixels (None: 1/25 of the image's shorter side, at
@@ -136,13 +136,13 @@ class Detector:
         return detect_faces(gray, self.scale_factor, self.min_neighbors, self.min_face_size, cascade)
 
 
-def face_crops(gray: np.ndarray, detect: bool = True, detector: Detector | None = None) -> list[FaceCrop]:
+def face_crops(gray: np.ndarray, detect: bool = True, detector: HaarSettings | None = None) -> list[FaceCrop]:
     """The faces of a uint8 gray image, cropped square to 48x48; `detect=False`: the whole image is one
     face (box `(0, 0, W, H)`)."""
     if not detect:
         h, w = gray.shape[:2]
         return [FaceCrop((0, 0, w, h), resize_gray(gray))]
-    return [FaceCrop(box, crop_face(gray, box)) for box in (detector or Detector()).find(gray)]
+    return [FaceCrop(box, crop_face(gray, box)) for box in (detector or HaarSettings()).find(gray)]
 
 
 class FaceBatcher:
@@ -194,7 +194,7 @@ def expand_inputs(images: ImageInput | Iterable[ImageInput]) -> tuple[list[Image
             return list(image_files(images)), False
         return [images], True  # type: ignore[list-item]
     if not isinstance(images, Iterable):
-        raise FerkitError(f"cannot read a {type(images).__name__} as images: {INPUT_HINT}")
+        raise FerkitError(f"cannot read {type(images).__name__!r} as images: {INPUT_HINT}")
     items: list[ImageInput] = []
     for item in images:
         is_dir = isinstance(item, str | Path) and Path(item).is_dir()
@@ -218,7 +218,7 @@ def gray_of(image: ImageInput) -> np.ndarray:
         image = tensor_to_array(image)
     if isinstance(image, np.ndarray):
         return array_to_gray(image)
-    raise FerkitError(f"cannot read a {type(image).__name__} as an image: {INPUT_HINT}")
+    raise FerkitError(f"cannot read {type(image).__name__!r} as an image: {INPUT_HINT}")
 
 
 def array_to_gray(arr: np.ndarray) -> np.ndarray:
@@ -282,7 +282,7 @@ class Recognizer:
         predictor: Predictor | OnnxPredictor,
         tta: str = "none",
         batch_size: int = 64,
-        detector: Detector | None = None,
+        detector: HaarSettings | None = None,
         model_path: str = "",
     ) -> None:
         if tta not in TTA_MODES:
@@ -292,7 +292,7 @@ class Recognizer:
         self.predictor = predictor
         self.tta = tta
         self.batch_size = batch_size
-        self.detector = detector or Detector()
+        self.detector = detector or HaarSettings()
         self.model_path = model_path
 
     @property
@@ -374,7 +374,7 @@ def load_recognizer(
     precision: str = "fp32",
     tta: str | None = None,
     batch_size: int = 64,
-    detector: Detector | None = None,
+    detector: HaarSettings | None = None,
 ) -> Recognizer:
     """A `Recognizer` for anything `ferkit predict --model_path` takes (None: the shipped default);
     `backend` None: onnx for an `.onnx` file, else torch; `tta` None: the model's own."""

@@ -23,7 +23,7 @@ from PIL import Image
 from test_predict import DETECTABLE, GROUP, HEIGHT, WIDTH, assert_face_dicts, paste
 
 from ferkit.apps.predict import COLORS, predict_paths
-from ferkit.apps.serve import MAX_UPLOAD, add_serve_parser, create_app
+from ferkit.apps.serve import MAX_UPLOAD, create_app
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.loading import load_model
@@ -181,11 +181,9 @@ def test_concurrent_requests_all_succeed_with_identical_results(client, photo, r
 
 # ----------------------------------------------------------------------------- command line
 def serve_args(*argv: str) -> argparse.Namespace:
-    from ferkit.cli.main import Parser
+    from ferkit.cli.main import build_parser
 
-    parser = Parser(prog="ferkit")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True, parser_class=Parser))
-    return parser.parse_args(["serve", *argv])
+    return build_parser().parse_args(["serve", *argv])
 
 
 def test_cli_errors_before_the_server_starts(tmp_path, tiny_checkpoint) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import types
 import typing
@@ -182,6 +181,11 @@ def _base_type(f: dataclasses.Field) -> type:
     return typing.get_origin(hint) or hint
 
 
+def field_type(name: str) -> type:
+    """The type an option's values take (bool, int, float, str or list): how its flag parses them."""
+    return _base_type(FIELDS[name])
+
+
 def _check(name: str, value: Any, where: str) -> Any:
     """Coerce one value to its field's type and check its range; FerkitError names the option."""
     f = FIELDS.get(name)
@@ -235,44 +239,3 @@ def resolve_config(config_file: str | None, overrides: dict[str, Any]) -> TrainC
     for k, v in overrides.items():
         values[k] = _check(k, v, f"--{k}")
     return TrainConfig(**values)
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (`--batch_size` and `--batch-size`), defaulting to 'not given'."""
-    parser.add_argument("--config", help="YAML file of options (flags override it)")
-    for name, f in FIELDS.items():
-        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        kind = _base_type(f)
-        meta = f.metadata
-        help_text = (
-            f"{meta['help']} (default: {f.default if f.default_factory is dataclasses.MISSING else []})"
-        )
-        if kind is bool:
-            parser.add_argument(
-                *flags,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif kind is list:
-            parser.add_argument(*flags, dest=name, nargs="*", default=argparse.SUPPRESS, help=help_text)
-        elif name == "pretrained":  # a bare --pretrained means ImageNet weights
-            parser.add_argument(
-                *flags, dest=name, nargs="?", const="imagenet", default=argparse.SUPPRESS, help=help_text
-            )
-        else:
-            parser.add_argument(
-                *flags,
-                dest=name,
-                type=kind,
-                choices=meta["choices"],
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The resolved config of a parsed `ferkit train` command line."""
-    given = {k: v for k, v in vars(args).items() if k in FIELDS}
-    return resolve_config(getattr(args, "config", None), given)

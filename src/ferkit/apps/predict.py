@@ -7,7 +7,6 @@ framed its faces and classified in batches by a checkpoint or an ensemble spec. 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -22,7 +21,6 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 
 FORMATS = ("text", "json", "csv")
-BACKENDS = ("torch", "onnx")
 NO_FACE = "no face found"
 # Annotated copies: images smaller than this (longest side, px) are enlarged first so labels stay legible.
 ANNOTATE_MIN_SIDE = 480
@@ -348,108 +346,19 @@ def format_csv(results: Sequence[dict[str, Any]]) -> str:
     return buf.getvalue().rstrip("\n")
 
 
+def all_failed(results: Sequence[dict[str, Any]], errors: Sequence[str]) -> bool:
+    """Whether a `predict_paths` run failed as a whole: none of its inputs succeeded. Each failure has had
+    its own line; when there were several, a FerkitError sums them up."""
+    if results:
+        return False
+    if len(errors) > 1:
+        raise FerkitError(f"none of the {len(errors)} inputs could be processed")
+    return True
+
+
 def format_results(results: Sequence[dict[str, Any]], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(list(results), indent=2)
     if fmt == "csv":
         return format_csv(results)
     return format_text(results)
-
-
-# ----------------------------------------------------------------------------- command line
-def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    def report(line: str) -> None:
-        tqdm.write(f"ferkit: error: {line}", file=sys.stderr)
-
-    results, errors = predict_paths(
-        args.inputs,
-        args.model_path,
-        detect=not args.no_detect,
-        annotate_dir=args.annotate,
-        batch_size=args.batch_size,
-        tta=args.tta,
-        device=args.device,
-        progress=not args.no_progress,
-        on_error=report,
-        backend=args.backend,
-        precision=args.precision,
-    )
-    if not results:  # every input failed: its own line says why; several get a summary too
-        if len(errors) > 1:
-            raise FerkitError(f"none of the {len(errors)} inputs could be processed")
-        return 1
-    text = format_results(results, args.format)
-    if text:
-        print(text)
-    if args.annotate:
-        print(f"annotated copies in {args.annotate}", file=sys.stderr)
-    return 0
-
-
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model_path, --backend and --precision, as `predict` and `serve` take them."""
-    p.add_argument(
-        "--model_path",
-        "--model-path",
-        default=None,
-        help="checkpoint (.pth), ensemble spec, model card (.json) or a shipped model's name "
-        "(ferkit-fer2013, ferkit-fer2013-fast); with --backend onnx an .onnx from `ferkit export` "
-        "(default: ferkit-fer2013)",
-    )
-    add_backend_arg(p)
-    add_precision_arg(p)
-
-
-def add_backend_arg(p: argparse.ArgumentParser) -> None:
-    """--backend, as `predict`, `serve` and `evaluate` take it."""
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="torch (checkpoint or ensemble spec) or onnx (an exported .onnx on ONNX Runtime, CPU)",
-    )
-
-
-def add_precision_arg(p: argparse.ArgumentParser) -> None:
-    """--precision, as `predict`, `serve`, `evaluate` and `ensemble` take it."""
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16", "fp16"],
-        default="fp32",
-        help="torch backend: fp32 (default; the model card's numbers), or bf16/fp16 autocast (about 2x "
-        "faster on CPUs with bf16 units, fp16 on CUDA only; probabilities differ slightly)",
-    )
-
-
-def add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="emotions of the faces in images, folders and videos",
-        description="Find faces (OpenCV Haar cascade) and classify their expressions. Folders are read "
-        "non-recursively (images and videos, sorted by name); videos are sampled once a second. A bad file "
-        "is reported on stderr and the others still run; the exit code is non-zero only if none succeeded.",
-    )
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them")
-    add_model_args(p)
-    p.add_argument("--format", choices=FORMATS, default="text", help="text (a line per face), json, csv")
-    p.add_argument(
-        "--annotate", metavar="OUT_DIR", help="write a copy of each image with labelled boxes here"
-    )
-    p.add_argument(
-        "--no-detect",
-        "--no_detect",
-        action="store_true",
-        help="skip face detection: each whole image is one face (for ready-cropped faces)",
-    )
-    p.add_argument(
-        "--tta",
-        choices=["none", "flip", "tencrop"],
-        default=None,
-        help="test-time augmentation (default none; an ensemble spec's own)",
-    )
-    p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="faces per model batch")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--no-progress", "--no_progress", action="store_true", help="no progress bar on stderr")
-    p.set_defaults(func=cmd_predict)

@@ -12,24 +12,25 @@ or damaged file 400. Errors are JSON: `{"error": "..."}`.
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime.
 """
 
-import argparse
 import io
 import json
 import socket
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ferkit.apps.predict import COLORS, add_model_args, describe_model, predict_image
+from ferkit.apps.predict import COLORS, describe_model, predict_image
 from ferkit.errors import FerkitError
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of the image itself
 MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and headers around it
 INSTALL_HINT = "pip install 'ferkit[serve]'"
 ANY_HOST = ("0.0.0.0", "::", "")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # uvicorn's
 
 
 class UploadError(Exception):
@@ -222,7 +223,7 @@ def create_app(
     return app
 
 
-# ----------------------------------------------------------------------------- command line
+# ----------------------------------------------------------------------------- running the server
 def bind(host: str, port: int) -> socket.socket:
     """A listening-ready TCP socket on host:port (port 0: any free port); FerkitError when it cannot bind."""
     try:
@@ -248,47 +249,27 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown}:{sock.getsockname()[1]}/"
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    if not 0 <= args.port <= 65535:
-        raise FerkitError(f"--port {args.port}: must be 0 to 65535")
-    # the model loads here, so its errors come before anything listens
-    app = create_app(args.model_path, args.backend, args.device, args.tta, args.precision)
+def serve(
+    model_path: str | None = None,
+    backend: str = "torch",
+    device: str = "auto",
+    tta: str | None = None,
+    precision: str = "fp32",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "warning",
+    announce: Callable[[str], None] = print,
+) -> None:
+    """Serve `create_app`'s app on host:port until interrupted. The model loads first, so its errors come
+    before anything listens; `announce` gets one line saying what runs where, once the socket is bound."""
+    if not 0 <= port <= 65535:
+        raise FerkitError(f"--port {port}: must be 0 to 65535")
+    app = create_app(model_path, backend, device, tta, precision)
     import uvicorn
 
-    sock = bind(args.host, args.port)
-    url = url_of(sock, args.host)
-    extra = " (listening on every interface)" if args.host in ANY_HOST else ""
+    sock = bind(host, port)
+    extra = " (listening on every interface)" if host in ANY_HOST else ""
     info = app.state.health
-    print(f"ferkit serve: {info['arch']} ({info['model']}) at {url}{extra}  Ctrl+C stops", flush=True)
-    config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
+    announce(f"ferkit serve: {info['arch']} ({info['model']}) at {url_of(sock, host)}{extra}  Ctrl+C stops")
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
-    return 0
-
-
-def add_serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="a web page to try a model on photos and the webcam (FastAPI + uvicorn)",
-        description="Serve a page where a photo (upload, drop, paste or webcam frame) gets its faces boxed "
-        "and their emotions shown, and a JSON API: POST /predict (multipart field 'file', the JSON of "
-        "`ferkit predict --format json` for one image; ?detect=false for a ready-cropped face), GET /health. "
-        f"Uploads are limited to {MAX_UPLOAD // 2**20} MB. Needs {INSTALL_HINT}.",
-    )
-    add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (torch backend)")
-    p.add_argument(
-        "--tta",
-        choices=["none", "flip", "tencrop"],
-        default=None,
-        help="test-time augmentation (default none; an ensemble spec's own)",
-    )
-    p.add_argument(
-        "--log-level",
-        "--log_level",
-        choices=["critical", "error", "warning", "info", "debug"],
-        default="warning",
-        help="uvicorn's log level (info: a line per request)",
-    )
-    p.set_defaults(func=cmd_serve)

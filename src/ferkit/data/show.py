@@ -8,12 +8,20 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
+from ferkit.errors import FerkitError
 
 
-def save_grid(ds: FerDataset, out: Path, per_class: int = 8, seed: int = 0, scale: int = 2) -> Path:
-    """One row per class with `per_class` random faces, class name and count on the left."""
+def save_grid(
+    ds: FerDataset, out: Path, per_class: int = 8, seed: int = 0, scale: int = 2, split: str = "all"
+) -> Path:
+    """One row per class with `per_class` random faces of `split` ("all": every split), class name and
+    count on the left."""
     from ferkit.utils.plot import save_figure, subplots
 
+    if per_class < 1:
+        raise FerkitError(f"--per-class {per_class}: must be at least 1")
+    if split != "all":
+        ds = ds.split(split)
     rng = np.random.default_rng(seed)
     fig, axes = subplots(
         len(CLASS_NAMES),

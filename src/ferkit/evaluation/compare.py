@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,18 @@ def private_accuracy(run_dir: Path, ds: FerDataset, device: str = "auto") -> flo
     """PrivateTest accuracy of the run's best.pth, for reporting only (nothing is chosen on it)."""
     report, _, _ = evaluate_model(str(Path(run_dir) / "best.pth"), ds, "PrivateTest", device=device)
     return report["accuracy"]
+
+
+def compare_table(
+    run_dirs: Sequence[Path], load_data: Callable[[], FerDataset] | None = None, device: str = "auto"
+) -> list[dict[str, Any]]:
+    """`compare_runs` rows; with `load_data`, each run's PrivateTest accuracy too, on the data it returns
+    (called only once every folder has been checked, so a wrong folder fails before any data loads)."""
+    rows = compare_runs(run_dirs)
+    if load_data is None:
+        return rows
+    ds = load_data()
+    return compare_runs(run_dirs, {str(r): private_accuracy(r, ds, device) for r in map(Path, run_dirs)})
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

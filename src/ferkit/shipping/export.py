@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -242,12 +243,16 @@ def quantize_int8(data: bytes, calibration: np.ndarray, batch_size: int = 128) -
         return int8_path.read_bytes()
 
 
+@dataclass(frozen=True)
 class _Parity:
-    """The faces every exported graph is checked on, with PyTorch's probabilities for them (no TTA)."""
+    """The faces every exported graph is checked on (float, as `faces_to_float` makes them), with PyTorch's
+    probabilities for them (no TTA)."""
 
-    def __init__(self, model_path: str, output: Path, x: np.ndarray, reference: np.ndarray, batch_size: int):
-        self.model_path, self.output, self.batch_size = model_path, output, batch_size
-        self.x, self.reference = x, reference
+    model_path: str
+    output: Path
+    x: np.ndarray
+    reference: np.ndarray
+    batch_size: int
 
     def run(self, data: bytes, what: str) -> np.ndarray:
         """The graph's probabilities on the faces, on ONNX Runtime."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ferkit.classes import CLASS_NAMES
+from ferkit.errors import FerkitError
 from ferkit.evaluation.evaluate import evaluate_model
 from ferkit.runtime.loading import load_predictor
 from ferkit.runtime.model_card import CARD_FORMAT, MEMBER_KEYS, SCALE_PREFIX, sha256, to_storage
@@ -42,9 +43,11 @@ def write_model_card(
 ) -> dict[str, Any]:
     """Write `model_path` (a checkpoint or ensemble spec) as safetensors (`weights_dtype`, see `to_storage`)
     + card at `card_path`, with its accuracy on PublicTest and PrivateTest (single-crop and `tta`) measured
-    on the written files."""
+    on the written files. FerkitError, before any work, unless `card_path` is a .json file."""
     from safetensors.torch import save_file
 
+    if card_path.suffix != ".json":
+        raise FerkitError(f"--output {card_path}: the model card is a .json file (weights go beside it)")
     predictor, _ = load_predictor(model_path, "cpu")
     members, weights = members_and_weights(predictor)
     tensors = {}

@@ -1,0 +1,67 @@
+"""`ferkit predict`: emotions of the faces in images, folders and videos."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ferkit.apps.predict import FORMATS
+from ferkit.cli.options import add_batch_size, add_device, add_format, add_model_options, add_tta
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ferkit.apps.predict import all_failed, format_results, predict_paths
+
+    def report(line: str) -> None:
+        tqdm.write(f"ferkit: error: {line}", file=sys.stderr)
+
+    results, errors = predict_paths(
+        args.inputs,
+        args.model_path,
+        detect=not args.no_detect,
+        annotate_dir=args.annotate,
+        batch_size=args.batch_size,
+        tta=args.tta,
+        device=args.device,
+        progress=not args.no_progress,
+        on_error=report,
+        backend=args.backend,
+        precision=args.precision,
+    )
+    if all_failed(results, errors):
+        return 1
+    text = format_results(results, args.format)
+    if text:
+        print(text)
+    if args.annotate:
+        print(f"annotated copies in {args.annotate}", file=sys.stderr)
+    return 0
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="emotions of the faces in images, folders and videos",
+        description="Find faces (OpenCV Haar cascade) and classify their expressions. Folders are read "
+        "non-recursively (images and videos, sorted by name); videos are sampled once a second. A bad file "
+        "is reported on stderr and the others still run; the exit code is non-zero only if none succeeded.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them")
+    add_model_options(p)
+    add_format(p, FORMATS, help="text (a line per face), json, csv")
+    p.add_argument(
+        "--annotate", metavar="OUT_DIR", help="write a copy of each image with labelled boxes here"
+    )
+    p.add_argument(
+        "--no-detect",
+        "--no_detect",
+        action="store_true",
+        help="skip face detection: each whole image is one face (for ready-cropped faces)",
+    )
+    add_tta(p)
+    add_batch_size(p, 64, help="faces per model batch")
+    add_device(p)
+    p.add_argument("--no-progress", "--no_progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_predict)

@@ -59,7 +59,7 @@ def _import_web():
 
 def page_html() -> str:
     """The app's page, with the class colours and the upload limit filled in."""
-    text = resources.files("ferkit").joinpath("static", "index.html").read_text(encoding="utf-8")
+    text = resources.files("ferkit.apps").joinpath("static", "index.html").read_text(encoding="utf-8")
     return (
         text.replace("{{COLORS}}", json.dumps({k: list(v) for k, v in COLORS.items()}))
         .replace("{{MAX_BYTES}}", str(MAX_UPLOAD))

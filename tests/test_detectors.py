@@ -95,6 +95,14 @@ def test_min_face_drops_the_smaller_faces(libfd, photos) -> None:
     assert all(max(d.box[2:]) >= 50 for d in create_detector("haar", min_face=50)(image))
 
 
+def test_detection_leaves_pytorchs_threads_as_they_were(libfd, photos) -> None:
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    image, truth = photos["2008_001322.jpg"]
+    assert count_hits(libfd(image), truth) == (len(truth), 0)  # run on one OpenMP thread, then restored
+    assert torch.get_num_threads() == before
+
+
 def test_haar_detector_is_the_cascade_of_detect_faces(photos) -> None:
     haar = create_detector("haar")
     for image, _ in photos.values():

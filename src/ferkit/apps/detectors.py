@@ -13,12 +13,14 @@ notice on stderr (once per process) names the package to install.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import ctypes
+import functools
 import importlib
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -113,15 +115,12 @@ class LibfacedetectionDetector(Detector):
         self.module = _required(self.name, self.package)
         self.min_score = min_score
         self.max_side = max_side
-        self._set_threads = _openmp_threads_setter(self.module)
+        self._openmp = _bundled_openmp(self.module)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        rgb = image[..., :3] if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-        small, scale = shrunk(rgb, self.max_side)
-        small = np.ascontiguousarray(small)
-        if self._set_threads is not None:
-            self._set_threads(LIBFD_THREADS)  # this thread's OpenMP setting, in the package's own libgomp
-        rows = self.module.detectRGB(small.shape[1], small.shape[0], small.tobytes())
+        small, scale = shrunk(as_rgb(image), self.max_side)
+        with _openmp_threads(self._openmp, LIBFD_THREADS):
+            rows = self.module.detectRGB(small.shape[1], small.shape[0], small.tobytes())
         return [
             Detection(tuple(round(v / scale) for v in row[:4]), row[4] / 100.0)  # type: ignore[arg-type]
             for row in rows
@@ -211,6 +210,12 @@ def shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous uint8 (H, W, 3) RGB array from a uint8 (H, W) gray or (H, W, 3|4) RGB(A) one."""
+    rgb = image[..., :3] if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return np.ascontiguousarray(rgb)
+
+
 def _as_uint8_image(image: ImageLike) -> np.ndarray:
     if isinstance(image, Image.Image) and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
@@ -252,13 +257,41 @@ def _notice_once(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def _openmp_threads_setter(module: ModuleType) -> Callable[[int], object] | None:
-    """`omp_set_num_threads` of the OpenMP runtime bundled with a wheel (`<package>.libs/libgomp*`), which
-    is not PyTorch's; None where there is none (another platform's runtime, a source build)."""
+@contextlib.contextmanager
+def _openmp_threads(bundled: ctypes.CDLL | None, threads: int) -> Iterator[None]:
+    """Within the block, this thread's OpenMP loops run on `threads` threads, in every runtime that may run
+    them: the one `bundled` with a wheel, and the process's global one (PyTorch's libgomp, once loaded,
+    serves every library's OpenMP calls). Each runtime's setting is put back after, so PyTorch's threads
+    are as they were."""
+    runtimes = []
+    for runtime in (bundled, _global_symbols()):
+        with contextlib.suppress(AttributeError):  # None, or no OpenMP runtime in the global scope
+            runtimes.append((runtime.omp_set_num_threads, runtime.omp_get_max_threads()))  # type: ignore[union-attr]
+    for set_threads, _ in runtimes:
+        set_threads(threads)
+    try:
+        yield
+    finally:
+        for set_threads, before in runtimes:
+            set_threads(before)
+
+
+def _bundled_openmp(module: ModuleType) -> ctypes.CDLL | None:
+    """The OpenMP runtime a wheel bundles (`<package>.libs/libgomp*`, as auditwheel vendors it); None where
+    there is none (another platform's runtime, a source build)."""
     libs = Path(module.__file__ or "").resolve().parent.parent / f"{module.__name__}.libs"
     for path in sorted(libs.glob("libgomp*.so*")):
         try:
-            return ctypes.CDLL(str(path)).omp_set_num_threads
-        except (OSError, AttributeError):
+            return ctypes.CDLL(str(path))
+        except OSError:
             return None
     return None
+
+
+@functools.cache
+def _global_symbols() -> ctypes.CDLL | None:
+    """The process's global symbol scope (POSIX); None elsewhere."""
+    try:
+        return ctypes.CDLL(None)
+    except (OSError, TypeError):
+        return None

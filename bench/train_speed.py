@@ -7,7 +7,7 @@ Three loops per model, each timed over the same number of batches of real Traini
   plain fp32 step   the model in fp32 on ready tensors (contiguous memory), Adam: the compute alone
   plain tutorial    the usual tutorial loop: PIL images -> torchvision transforms per image (flip, crop
                     with padding, ToTensor, Normalize) -> DataLoader -> fp32 model
-  ferkit            training.engine.train_one_epoch: batched on-tensor augmentation, bf16 autocast where
+  ferkit            training.loop.train_one_epoch: batched on-tensor augmentation, bf16 autocast where
                     the CPU has bf16 units, channels-last where it is faster (what `ferkit train` runs)
 
 With --fp32_variants it times, instead, the plain fp32 step three ways (contiguous memory, channels-last
@@ -33,7 +33,8 @@ from ferkit.config import TrainConfig
 from ferkit.data import FerDataset, load_dataset
 from ferkit.data.transforms import BatchTransform
 from ferkit.models import create_model
-from ferkit.training.engine import build_optimizer, lr_setter, train_one_epoch
+from ferkit.training.loop import train_one_epoch
+from ferkit.training.optim import build_optimizer, lr_setter
 from ferkit.training.schedule import Plateau
 from ferkit.utils.device import autocast_dtype, channels_last_pays_off
 

@@ -370,7 +370,7 @@ def test_distillation_targets_mix_teacher_probabilities_with_labels(tiny_checkpo
     from ferkit.config import TrainConfig
     from ferkit.data import load_dataset
     from ferkit.runtime.loading import load_predictor
-    from ferkit.training.engine import distillation_targets
+    from ferkit.training.targets import distillation_targets
 
     train_split = load_dataset(tiny_real_csv).split("Training")
     labels = torch.from_numpy(train_split.labels)
@@ -394,7 +394,7 @@ def test_teacher_probabilities_are_cached_by_content(
     from ferkit.config import TrainConfig
     from ferkit.data import load_dataset
     from ferkit.runtime.loading import load_predictor
-    from ferkit.training.engine import teacher_key, teacher_probabilities
+    from ferkit.training.targets import teacher_key, teacher_probabilities
 
     monkeypatch.setenv("FERKIT_CACHE_DIR", str(tmp_path / "cache"))
     faces = load_dataset(tiny_real_csv).split("Training").images
@@ -418,7 +418,7 @@ def test_teacher_probabilities_are_cached_by_content(
 
 def test_vote_targets_mix_ferplus_votes_with_labels(real_data_path, real_ferplus_path) -> None:
     from ferkit.data import load_dataset
-    from ferkit.training.engine import vote_targets
+    from ferkit.training.targets import vote_targets
 
     train_split = load_dataset(real_data_path, ferplus=real_ferplus_path, votes=True).split("Training")
     targets = vote_targets(0.25, train_split.labels, train_split.soft_labels).numpy()

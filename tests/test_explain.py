@@ -90,3 +90,68 @@ def test_overlay_is_an_enlarged_rgb_picture_hot_where_the_map_is(faces: np.ndarr
     assert picture.shape == (192, 192, 3) and picture.dtype == np.uint8
     red_minus_blue = picture[..., 0].astype(int) - picture[..., 2].astype(int)
     assert red_minus_blue[:, 120:].mean() > 40 > red_minus_blue[:, :72].mean()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two real photos with faces the Haar cascade finds (copied, so their names can collide)."""
+    folder = Path(os.environ.get("FERKIT_DATA", "missing")).parent / "faces-in-photos"
+    found = sorted(folder.glob("*.jpg"))[1:3]
+    if len(found) < 2:
+        pytest.skip(f"no real photos in {folder}")
+    out = tmp_path_factory.mktemp("photos")
+    (out / "a").mkdir()
+    (out / "b").mkdir()
+    copies = [out / "a" / "photo.jpg", out / "b" / "photo.jpg"]
+    for src, dest in zip(found, copies, strict=True):
+        dest.write_bytes(src.read_bytes())
+    return copies
+
+
+def test_recognizer_explain_matches_predict(photos: list[Path]) -> None:
+    rec = load_recognizer("ferkit-fer2013-fast", device="cpu")
+    explained = rec.explain(photos)
+    predicted = rec.predict(photos)
+    assert [[e.face for e in per] for per in explained] == predicted
+    one = rec.explain(photos[0])
+    assert len(one) == len(predicted[0]) >= 1
+    assert one[0].crop.shape == one[0].heat.shape == (48, 48) and one[0].overlay().shape == (192, 192, 3)
+    assert np.allclose(one[0].heat, explained[0][0].heat, atol=1e-6)
+
+
+def test_predict_explain_writes_one_overlay_per_face(tmp_path: Path, photos: list[Path]) -> None:
+    from PIL import Image
+
+    from ferkit.apps.predict import predict_paths
+
+    out = tmp_path / "explained"
+    results, errors = predict_paths(
+        photos, "ferkit-fer2013-fast", explain_dir=out, device="cpu", progress=False
+    )
+    assert not errors
+    expected = sorted(
+        f"{stem}-face{k}-{face['emotion']}.png"
+        for stem, r in zip(("photo", "photo-1"), results, strict=True)
+        for k, face in enumerate(r["faces"], 1)
+    )
+    assert sorted(p.name for p in out.iterdir()) == expected and len(expected) >= 3
+    picture = np.asarray(Image.open(out / expected[0]))
+    assert picture.shape == (192, 192, 3)
+
+
+def test_predict_explain_refuses_videos_and_onnx_in_one_line(tmp_path: Path, photos: list[Path]) -> None:
+    from ferkit.apps.predict import predict_paths
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not decoded: refused before")
+    with pytest.raises(FerkitError, match="clip.mp4 is a video; explanations are for images only"):
+        predict_paths([photos[0], video], None, explain_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ferkit.shipping.export import export_onnx
+
+    onnx = tmp_path / "tiny.onnx"
+    export_onnx(str(FIXTURES / "tiny_cnn.pth"), onnx, check_images=np.load(FIXTURES / "faces.npy"))
+    with pytest.raises(FerkitError, match="ONNX model has no gradients"):
+        predict_paths([photos[0]], str(onnx), explain_dir=tmp_path / "out", backend="onnx", progress=False)

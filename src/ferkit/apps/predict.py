@@ -79,20 +79,58 @@ class _Batcher:
     their faces.
     """
 
-    def __init__(self, predictor: Any, tta: str, batch_size: int, annotate_dir: Path | None) -> None:
+    def __init__(
+        self,
+        predictor: Any,
+        tta: str,
+        batch_size: int,
+        annotate_dir: Path | None,
+        explain_dir: Path | None = None,
+    ) -> None:
         from ferkit.apps.recognizer import FaceBatcher  # torch: only once there is work
 
         self.batcher = FaceBatcher(predictor, tta, batch_size)
         self.annotate_dir = annotate_dir
         self.annotations: list[tuple[Any, list[dict[str, Any]], Path]] = []
+        self.explain_dir = explain_dir
+        self.explain_stems: set[str] = set()
+        self.to_explain: list[tuple[np.ndarray, dict[str, Any], str]] = []
 
-    def add(self, crop: Any) -> dict[str, Any]:
-        """A face dict for `crop` (a `FaceCrop`), its emotion filled in when its batch runs."""
+    def add(self, crop: Any, explain_as: str | None = None) -> dict[str, Any]:
+        """A face dict for `crop` (a `FaceCrop`), its emotion filled in when its batch runs; with
+        `explain_as` (a file name stem), its activation-map overlay is written then too."""
         face: dict[str, Any] = {"box": [int(v) for v in crop.box], "emotion": None, "probabilities": None}
         self.batcher.add(crop, lambda found: face.update(found.to_dict()))
+        if explain_as is not None:
+            self.to_explain.append((crop.crop, face, explain_as))
         if not self.batcher.pending:  # a batch just ran: the copies waiting for it can be drawn
             self._save_annotations()
+            self._save_explanations()
         return face
+
+    def explain_stem(self, path: Path) -> str | None:
+        """A name stem for the overlays of `path`'s faces, unique in the run (None without --explain)."""
+        if self.explain_dir is None:
+            return None
+        stem, k = path.stem, 0
+        while stem.lower() in self.explain_stems:
+            k += 1
+            stem = f"{path.stem}-{k}"
+        self.explain_stems.add(stem.lower())
+        return stem
+
+    def _save_explanations(self) -> None:
+        """EXPLAIN_DIR/<stem>-face<k>-<Emotion>.png for each classified face waiting for its overlay."""
+        if not self.to_explain or self.explain_dir is None:
+            return
+        from ferkit.runtime.explain import class_activation_maps, save_overlay
+
+        todo, self.to_explain = self.to_explain, []
+        crops = np.stack([crop for crop, _, _ in todo])
+        emotions = [face["emotion"] for _, face, _ in todo]
+        heat = class_activation_maps(self.batcher.predictor, crops, emotions, self.batcher.batch_size)
+        for (crop, face, name), h in zip(todo, heat, strict=True):
+            save_overlay(self.explain_dir / f"{name}-{face['emotion']}.png", crop, h)
 
     def annotate_later(self, image: Any, faces: list[dict[str, Any]], out: Path) -> None:
         self.annotations.append((image, faces, out))
@@ -102,6 +140,7 @@ class _Batcher:
     def flush(self) -> None:
         self.batcher.flush()
         self._save_annotations()
+        self._save_explanations()
 
     def _save_annotations(self) -> None:
         for image, faces, out in self.annotations:
@@ -109,17 +148,22 @@ class _Batcher:
         self.annotations = []
 
 
-def _faces_of(gray: np.ndarray, batcher: _Batcher, detect: bool) -> list[dict[str, Any]]:
+def _faces_of(
+    gray: np.ndarray, batcher: _Batcher, detect: bool, explain_stem: str | None = None
+) -> list[dict[str, Any]]:
     from ferkit.apps.recognizer import face_crops
 
-    return [batcher.add(crop) for crop in face_crops(gray, detect)]
+    crops = face_crops(gray, detect)
+    if explain_stem is None:
+        return [batcher.add(crop) for crop in crops]
+    return [batcher.add(crop, f"{explain_stem}-face{k}") for k, crop in enumerate(crops, 1)]
 
 
 def _predict_image(path: Path, batcher: _Batcher, detect: bool, out: Path | None) -> dict[str, Any]:
     from ferkit.apps.faces import load_image, to_gray
 
     image = load_image(path)
-    faces = _faces_of(to_gray(image), batcher, detect)
+    faces = _faces_of(to_gray(image), batcher, detect, batcher.explain_stem(path))
     result: dict[str, Any] = {"image": str(path), "faces": faces}
     if not faces:
         result["note"] = NO_FACE
@@ -178,6 +222,7 @@ def predict_paths(
     on_error: Callable[[str], None] | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    explain_dir: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Faces and emotions of every image and video under `paths`, and one error line per failed input.
 
@@ -187,6 +232,8 @@ def predict_paths(
     the model's own (an ensemble spec's, else none). `on_error` is called with each error line as it happens.
     `backend` "onnx": `model_path` is an `.onnx` file written by `ferkit export` (ONNX Runtime, CPU).
     `precision` bf16/fp16: the torch backend under autocast (faster on CPUs with bf16 units).
+    `explain_dir`: each image face's crop with the class activation map (Grad-CAM) of its predicted emotion
+    is written there as `<image stem>-face<k>-<Emotion>.png` (images only; a torch model).
     Raises FerkitError when there is nothing to process (e.g. an empty folder) or the model cannot load.
     """
     import cv2
@@ -203,13 +250,17 @@ def predict_paths(
     for line in errors:
         if on_error:
             on_error(line)
-    out_dir = Path(annotate_dir) if annotate_dir else None
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise FerkitError(f"--annotate {out_dir}: exists and is not a folder")
-        out_dir.mkdir(parents=True, exist_ok=True)
+    videos = [f for f in files if is_video(f)]
+    if explain_dir and videos:
+        raise FerkitError(f"--explain: {videos[0]} is a video; explanations are for images only")
+    out_dir = output_folder(annotate_dir, "--annotate")
+    explain_out = output_folder(explain_dir, "--explain")
     predictor, default_tta, _ = load_model(model_path, backend, device, precision)
-    batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir)
+    if explain_out is not None:
+        from ferkit.runtime.explain import check_explainable
+
+        check_explainable(predictor)
+    batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir, explain_out)
 
     results: list[dict[str, Any]] = []
     used_names: set[str] = set()
@@ -236,6 +287,17 @@ def predict_paths(
 
 
 # ----------------------------------------------------------------------------- annotated copies
+def output_folder(path: str | Path | None, option: str) -> Path | None:
+    """The folder an output option names, created (None when the option is not given)."""
+    if not path:
+        return None
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise FerkitError(f"{option} {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def annotated_path(src: Path, out_dir: Path, used: set[str]) -> Path:
     """OUT_DIR/<name> (PNG for formats not worth re-encoding), never the source file, never reused."""
     suffix = src.suffix.lower() if src.suffix.lower() in ANNOTATE_SUFFIXES else ".png"

@@ -29,6 +29,7 @@ from ferkit.apps.faces import (
 )
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES, TTA_MODES
 from ferkit.errors import FerkitError
+from ferkit.runtime.explain import class_activation_maps, overlay
 from ferkit.runtime.loading import load_model
 
 if TYPE_CHECKING:
@@ -106,6 +107,19 @@ def face_of(crop: FaceCrop, p: np.ndarray) -> Face:
         probabilities={name: float(v) for name, v in zip(CLASS_NAMES, p, strict=True)},
         score=None if crop.score is None else float(crop.score),
     )
+
+
+class Explanation(NamedTuple):
+    """A face, its 48x48 uint8 gray crop and the class activation map (Grad-CAM, 48x48 float in [0, 1])
+    of its predicted emotion: where in the crop the model found the evidence."""
+
+    face: Face
+    crop: np.ndarray
+    heat: np.ndarray
+
+    def overlay(self, size: int = 192) -> np.ndarray:
+        """The crop enlarged to `size` px with the heat map over it, RGB uint8 (what `--explain` writes)."""
+        return overlay(self.crop, self.heat, size)
 
 
 # ----------------------------------------------------------------------------- finding faces
@@ -332,6 +346,35 @@ class Recognizer:
             for crop in self.face_crops(gray_of(item), detect):
                 batcher.add(crop, faces.append)
         batcher.flush()
+        return results[0] if one else results
+
+    @overload
+    def explain(self, images: ImageInput, *, detect: bool = True) -> list[Explanation]: ...
+
+    @overload
+    def explain(self, images: Iterable[ImageInput], *, detect: bool = True) -> list[list[Explanation]]: ...
+
+    def explain(
+        self, images: ImageInput | Iterable[ImageInput], *, detect: bool = True
+    ) -> list[Explanation] | list[list[Explanation]]:
+        """As `predict`, each face with its crop and the class activation map (Grad-CAM) of its predicted
+        emotion; an ensemble's map is its members' maps weighted as they vote. Needs a PyTorch model (not
+        ONNX) and the `grad-cam` package (`pip install 'ferkit[explain]'`).
+
+        Examples:
+            >>> for e in rec.explain("photo.jpg"):
+            ...     Image.fromarray(e.overlay()).save(f"{e.face.emotion}.png")
+        """
+        items, one = expand_inputs(images)
+        crops = [self.face_crops(gray_of(item), detect) for item in items]
+        flat = [c for per_image in crops for c in per_image]
+        faces = self.faces_of(flat)
+        stacked = np.stack([c.crop for c in flat]) if flat else np.zeros((0, 48, 48), np.uint8)
+        heat = iter(
+            class_activation_maps(self.predictor, stacked, [f.emotion for f in faces], self.batch_size)
+        )
+        found = iter(faces)
+        results = [[Explanation(next(found), c.crop, next(heat)) for c in per_image] for per_image in crops]
         return results[0] if one else results
 
     def face_crops(self, gray: np.ndarray, detect: bool = True) -> list[FaceCrop]:

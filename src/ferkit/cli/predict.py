@@ -29,6 +29,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         on_error=report,
         backend=args.backend,
         precision=args.precision,
+        explain_dir=args.explain,
     )
     if all_failed(results, errors):
         return 1
@@ -37,6 +38,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(text)
     if args.annotate:
         print(f"annotated copies in {args.annotate}", file=sys.stderr)
+    if args.explain:
+        print(f"activation maps in {args.explain}", file=sys.stderr)
     return 0
 
 
@@ -59,6 +62,12 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         "--no_detect",
         action="store_true",
         help="skip face detection: each whole image is one face (for ready-cropped faces)",
+    )
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write each image face's crop with the class activation map (Grad-CAM) of its predicted "
+        "emotion here, as <image>-face<k>-<Emotion>.png (images only; needs the 'explain' extra)",
     )
     add_tta(p)
     add_batch_size(p, 64, help="faces per model batch")

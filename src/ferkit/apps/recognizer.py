@@ -6,7 +6,7 @@ same crops and batches (`face_crops`, `FaceBatcher`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeAlias, overload
@@ -27,6 +27,7 @@ from ferkit.apps.faces import (
     to_gray,
     upright_image,
 )
+from ferkit.apps.video import DEFAULT_FPS, VideoFrame, analyse
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES, TTA_MODES
 from ferkit.errors import FerkitError
 from ferkit.runtime.explain import class_activation_maps, overlay
@@ -389,6 +390,20 @@ class Recognizer:
             batcher.add(crop, out.append)
         batcher.flush()
         return out
+
+    def video(
+        self, path: str | Path, *, fps: float | None = DEFAULT_FPS, smooth: float = 0.0, detect: bool = True
+    ) -> Iterator[VideoFrame]:
+        """The video's frames one at a time (`fps` a second, None: every frame), each a `VideoFrame`
+        (`frame` index, `time` in seconds, `faces`, `image` RGB); each `Face` has its `track`, the same id
+        for the same person across frames. `smooth` seconds: each track's probabilities averaged over
+        that long. Frames are decoded as they are asked for, so memory stays flat however long the video.
+
+        Examples:
+            >>> for vf in rec.video("clip.mp4", fps=5):
+            ...     print(vf.time, [(f.track, f.emotion) for f in vf.faces])
+        """
+        return analyse(self, path, fps, smooth, detect)
 
     def classify(self, faces: np.ndarray | torch.Tensor | Sequence[ImageInput]) -> np.ndarray:
         """Class probabilities (N, 7) of faces already cropped: uint8 (N, 48, 48), or a list of crops of

@@ -12,10 +12,16 @@ from ferkit.cli.options import add_batch_size, add_device, add_format, add_model
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ferkit.apps.predict import all_failed, format_results, predict_paths
+    from ferkit.apps.predict import RowWriter, VideoOptions, all_failed, format_results, predict_paths
 
     def report(line: str) -> None:
         tqdm.write(f"ferkit: error: {line}", file=sys.stderr)
+
+    def note(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    writer = None if args.format == "json" else RowWriter(args.format, sys.stdout)
+    video = VideoOptions(fps=args.fps, smooth=args.smooth, sink=writer.frame if writer else None)
 
     results, errors = predict_paths(
         args.inputs,
@@ -30,12 +36,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         precision=args.precision,
         explain_dir=args.explain,
+        video=video,
+        on_note=note,
     )
     if all_failed(results, errors):
         return 1
-    text = format_results(results, args.format)
-    if text:
-        print(text)
+    if writer is not None:
+        writer.finish(results)
+    else:
+        print(format_results(results, args.format))
     if args.annotate:
         print(f"annotated copies in {args.annotate}", file=sys.stderr)
     if args.explain:
@@ -43,19 +52,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def video_fps(text: str) -> float | None:
+    """`--fps`: frames a second to read from a video, or `all` (None: every frame)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of frames a second, or 'all'") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be above 0 (or 'all')")
+    return value
+
+
 def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="emotions of the faces in images, folders and videos",
         description="Find faces (OpenCV Haar cascade) and classify their expressions. Folders are read "
-        "non-recursively (images and videos, sorted by name); videos are sampled once a second. A bad file "
+        "non-recursively (images and videos, sorted by name); videos are read a frame at a time "
+        "(--fps), each face tracked across frames, a row per frame and face written as it comes. A bad file "
         "is reported on stderr and the others still run; the exit code is non-zero only if none succeeded.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them")
     add_model_options(p)
-    add_format(p, FORMATS, help="text (a line per face), json, csv")
+    add_format(p, FORMATS, help="text (a line per face), json, csv, jsonl (csv and jsonl: a row per face)")
     p.add_argument(
-        "--annotate", metavar="OUT_DIR", help="write a copy of each image with labelled boxes here"
+        "--annotate",
+        metavar="OUT_DIR",
+        help="write a copy of each image with labelled boxes here; for a video, the annotated video (.mp4) "
+        "and a timeline picture of each track's probabilities (-timeline.png)",
+    )
+    p.add_argument(
+        "--fps",
+        type=video_fps,
+        default=5.0,
+        metavar="N",
+        help="video frames a second to read (default 5; 'all': every frame; at most the file's own rate)",
+    )
+    p.add_argument(
+        "--smooth",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="average each tracked face's probabilities over its last SECONDS (default 0: none)",
     )
     p.add_argument(
         "--no-detect",

@@ -22,6 +22,7 @@ photos), where the same faces are 2-7% of the photo's side, as in a large group 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import statistics
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ferkit.apps.detectors import (
     DETECTORS,
@@ -58,14 +60,12 @@ class MtcnnCandidate(Detector):
 
     def __init__(self) -> None:
         super().__init__()
-        import torch
         from facenet_pytorch import MTCNN
 
-        self.torch = torch
         self.model = MTCNN(keep_all=True, min_face_size=20, device="cpu")
 
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        with self.torch.inference_mode():
+        with torch.inference_mode():
             boxes, probs = self.model.detect(as_rgb(image))
         if boxes is None:
             return []
@@ -84,8 +84,6 @@ class OpenCvSsdCandidate(Detector):
 
     def __init__(self) -> None:
         super().__init__()
-        import importlib.util
-
         # The files only: importing the package needs dlib, which its detector here does not use.
         folder = Path(importlib.util.find_spec(self.package).submodule_search_locations[0])
         self.net = cv2.dnn.readNetFromCaffe(

@@ -44,8 +44,8 @@ LIBFD_MAX_SIDE = 960
 LIBFD_LARGE_FACE = 300
 LIBFD_COARSE_SIDE = 200
 OVERLAP_IOU = 0.3  # two detections overlapping this much are one face (the more confident one is kept)
-# libfacedetection runs many small OpenMP loops; a second thread only pays on an idle machine, and beside
-# other busy threads (PyTorch's own pool, a colleague's job) it made detection several times slower.
+# libfacedetection runs many small OpenMP loops: beside other busy threads (PyTorch's own pool, another
+# process) a second thread made detection several times slower (docs/findings.md).
 LIBFD_THREADS = 1
 MIN_IOU = 0.4  # a detection hits a hand-drawn face box at this IoU (tight boxes: see bench/detectors.py)
 

@@ -205,7 +205,14 @@ def _predict_video(path: Path, rec: Any, opts: VideoOptions, used_names: set[str
     annotated video and the timeline picture are written there (atomically: all or nothing)."""
     from tqdm import tqdm
 
-    from ferkit.apps.video import AnnotatedVideo, analyse, sampled_count, save_timeline, video_info
+    from ferkit.apps.video import (
+        AnnotatedVideo,
+        analyse,
+        sampled_count,
+        save_timeline,
+        summary_lines,
+        video_info,
+    )
 
     info = video_info(path)
     summaries: dict[int, Any] = {}
@@ -242,19 +249,23 @@ def _predict_video(path: Path, rec: Any, opts: VideoOptions, used_names: set[str
         video.close()
         timeline = video.out.with_name(f"{video.out.stem}-timeline.png")
         save_timeline(summaries, timeline, path.name, COLORS)
+    for line in summary_lines(str(path), result["tracks"]) if opts.notes else []:
+        opts.notes(line)
     return result
 
 
 @dataclass
 class VideoOptions:
     """How `predict_paths` reads videos: `fps` frames a second (None: every frame), probabilities averaged
-    over `smooth` seconds per track; `sink(source, frame_entry)` receives each frame as it comes."""
+    over `smooth` seconds per track; `sink(source, frame_entry)` receives each frame as it comes, `notes`
+    each line of the per-track summary (share of time per emotion)."""
 
     fps: float | None = 5.0
     smooth: float = 0.0
     detect: bool = True
     annotate_dir: Path | None = None
     sink: Callable[[str, dict[str, Any]], None] | None = None
+    notes: Callable[[str], None] | None = None
     quiet: bool | None = None
 
 
@@ -283,15 +294,13 @@ def predict_paths(
     backend: str = "torch",
     precision: str = "fp32",
     video: VideoOptions | None = None,
-    on_note: Callable[[str], None] | None = None,
     explain_dir: str | Path | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Faces and emotions of every image and video under `paths`, and one error line per failed input.
 
     Images give `{"image", "faces": [{"box": [x, y, w, h], "emotion", "probabilities"}]}` (plus
-    `"note": "no face found"`); videos `{"video", "fps", "frames": [{"frame", "time", "faces"}], "tracks"}`
-    (`video`: the frame rate, smoothing, and a sink that takes each frame as it comes instead of `"frames"`;
-    each face has its `"track"`); `on_note` gets each video's per-track summary lines.
+    `"note": "no face found"`); videos `{"video", "fps", "frames": [{"frame", "time", "faces"}], "tracks"}`,
+    each face with its `"track"` (`video`: rate, smoothing, where frames and summaries go: `VideoOptions`).
     `detect=False` takes each whole image as the face. `model_path` None: the shipped model. `tta` None:
     the model's own (an ensemble spec's, else none). `on_error` is called with each error line as it happens.
     `backend` "onnx": `model_path` is an `.onnx` file written by `ferkit export` (ONNX Runtime, CPU).
@@ -305,7 +314,6 @@ def predict_paths(
 
     from ferkit.apps.faces import is_video
     from ferkit.apps.recognizer import Recognizer
-    from ferkit.apps.video import summary_lines
     from ferkit.runtime.loading import load_model  # torch: only once there is work
 
     if batch_size < 1:
@@ -327,9 +335,7 @@ def predict_paths(
 
         check_explainable(predictor)
     batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir, explain_out)
-    video = replace(video or VideoOptions(), detect=detect, annotate_dir=out_dir)
-    if video.quiet is None:
-        video = replace(video, quiet=None if progress else True)
+    video = replace(video or VideoOptions(), detect=detect, annotate_dir=out_dir, quiet=not progress or None)
     rec = Recognizer(predictor, tta or default_tta, batch_size)
 
     results: list[dict[str, Any]] = []
@@ -341,9 +347,6 @@ def predict_paths(
         try:
             if is_video(path):
                 results.append(_predict_video(path, rec, video, used_names))
-                for line in summary_lines(str(path), results[-1]["tracks"]):
-                    if on_note:
-                        on_note(line)
             else:
                 out = annotated_path(path, out_dir, used_names) if out_dir is not None else None
                 results.append(_predict_image(path, batcher, detect, out))

@@ -21,7 +21,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         tqdm.write(line, file=sys.stderr)
 
     writer = None if args.format == "json" else RowWriter(args.format, sys.stdout)
-    video = VideoOptions(fps=args.fps, smooth=args.smooth, sink=writer.frame if writer else None)
+    video = VideoOptions(fps=args.fps, smooth=args.smooth, sink=writer.frame if writer else None, notes=note)
 
     results, errors = predict_paths(
         args.inputs,
@@ -37,7 +37,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         explain_dir=args.explain,
         video=video,
-        on_note=note,
     )
     if all_failed(results, errors):
         return 1

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ferkit.apps.recognizer import gray_of, load_recognizer
+from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.explain import class_activation_maps, overlay, target_layer
 from ferkit.runtime.loading import load_predictor
@@ -155,3 +156,35 @@ def test_predict_explain_refuses_videos_and_onnx_in_one_line(tmp_path: Path, pho
     export_onnx(str(FIXTURES / "tiny_cnn.pth"), onnx, check_images=np.load(FIXTURES / "faces.npy"))
     with pytest.raises(FerkitError, match="ONNX model has no gradients"):
         predict_paths([photos[0]], str(onnx), explain_dir=tmp_path / "out", backend="onnx", progress=False)
+
+
+def colourful(png: Path) -> float:
+    """The fraction of a picture's pixels that are clearly coloured (not gray, black or white)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return float((rgb.max(2) - rgb.min(2) > 60).mean())
+
+
+def test_report_mistakes_page_shows_the_maps(
+    tmp_path: Path, tiny_real_csv: Path, tiny_checkpoint: Path
+) -> None:
+    from ferkit.data import load_dataset
+    from ferkit.evaluation.evaluate import evaluate_model, explainable_model, publish
+
+    ds = load_dataset(tiny_real_csv)
+    report, data, probs = evaluate_model(str(tiny_checkpoint), ds, "PrivateTest", device="cpu")
+    publish(report, data, probs, report_dir=str(tmp_path / "maps"), wandb="disabled")
+    assert "Grad-CAM" in (tmp_path / "maps" / "summary.md").read_text()
+    assert colourful(tmp_path / "maps" / "mistakes.png") > 0.02
+
+    from ferkit.evaluation.report import write_report
+
+    plain = write_report(
+        tmp_path / "plain", report, probs, data.labels, data.images, data.indices, CLASS_NAMES, "t"
+    )
+    assert "Grad-CAM" not in plain.read_text() and colourful(plain.parent / "mistakes.png") < 0.002
+    members = [{"path": str(tiny_checkpoint), "weight": 0.25}, {"path": str(tiny_checkpoint), "weight": 0.75}]
+    ensemble = explainable_model({"model_path": "ensemble", "weights": "fit", "members": members})
+    assert isinstance(ensemble, Ensemble) and np.allclose(ensemble.weights, [0.25, 0.75])
+    assert explainable_model(report | {"backend": "onnx"}) is None

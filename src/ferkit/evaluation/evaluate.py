@@ -13,8 +13,9 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.data.dataset import FerDataset
 from ferkit.errors import FerkitError
 from ferkit.metrics import classification_report
+from ferkit.runtime.explain import check_explainable
 from ferkit.runtime.loading import load_predictor, save_ensemble_spec
-from ferkit.runtime.predictor import Predictor, combine, fit_weights
+from ferkit.runtime.predictor import Predictor, combine, fit_weights, flatten
 from ferkit.utils.io import atomic_write
 from ferkit.utils.paths import timestamped_run_dir
 
@@ -190,13 +191,38 @@ def publish(
 
         title = f"{report['model_path']} on {report['split']} (tta {report['tta']})"
         summary = write_report(
-            Path(report_dir), report, probs, data.labels, data.images, data.indices, CLASS_NAMES, title
+            Path(report_dir),
+            report,
+            probs,
+            data.labels,
+            data.images,
+            data.indices,
+            CLASS_NAMES,
+            title,
+            predictor=explainable_model(report),
         )
         report["report"] = str(summary)
     if wandb != "disabled":
         track_evaluation(
             report, data, probs, wandb, Path(output_dir or report_dir or timestamped_run_dir("evaluate"))
         )
+
+
+def explainable_model(report: dict[str, Any]) -> Predictor | None:
+    """The PyTorch model a report is of (an ensemble run's members with their weights), on the CPU, for the
+    mistakes page's class activation maps; None for an ONNX model or without the grad-cam package."""
+    if report.get("backend") == "onnx":
+        return None
+    if "weights" in report and "members" in report:
+        parts = [load_predictor(m["path"], "cpu")[0] for m in report["members"]]
+        predictor: Predictor = flatten(parts, np.array([m["weight"] for m in report["members"]]))
+    else:
+        predictor = load_predictor(report["model_path"], "cpu")[0]
+    try:
+        check_explainable(predictor)
+    except FerkitError:
+        return None
+    return predictor
 
 
 def track_evaluation(

@@ -11,6 +11,7 @@ import numpy as np
 
 from ferkit.errors import FerkitError
 from ferkit.metrics import calibration_bins
+from ferkit.runtime.explain import class_activation_maps, overlay
 from ferkit.utils.plot import save_figure, subplots
 
 
@@ -142,9 +143,13 @@ def plot_mistakes(
     title: str,
     out: Path,
     k: int = 6,
+    heat: np.ndarray | None = None,
 ) -> Path:
-    """One row per true class: its k most confident wrong predictions, with prediction and source row."""
+    """One row per true class: its k most confident wrong predictions, with prediction and source row;
+    with `heat` (the class activation maps of the predicted classes, in `most_confident_mistakes` order),
+    each face with its map over it."""
     rows = most_confident_mistakes(probs, labels, k)
+    maps = {} if heat is None else {int(r): h for r, h in zip(rows, heat, strict=True)}
     wrong = probs.argmax(1) != labels
     n = len(class_names)
     fig, axes = subplots(n, k, figsize=(1.75 * k + 1.3, 2.1 * n), squeeze=False)
@@ -158,7 +163,10 @@ def plot_mistakes(
             if j < len(picks):
                 i = picks[j]
                 p = int(probs[i].argmax())
-                ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+                if i in maps:
+                    ax.imshow(overlay(images[i], maps[i], size=96))
+                else:
+                    ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
                 ax.set_xlabel(f"pred {class_names[p]} (p={probs[i, p]:.2f})\nrow {indices[i]}", fontsize=8)
         axes[c][0].set_ylabel(
             f"{name}\n{(wrong & (labels == c)).sum()} of {(labels == c).sum()}\nwrong",
@@ -167,7 +175,8 @@ def plot_mistakes(
             va="center",
             fontsize=10,
         )
-    heading(fig, title, f"Most confident mistakes per true class (up to {k})")
+    what = " (heat: where the model saw the predicted class, Grad-CAM)" if maps else ""
+    heading(fig, title, f"Most confident mistakes per true class (up to {k}){what}")
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -177,8 +186,14 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> lis
     return lines + ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
 
 
-def summary_markdown(report: dict, class_names: Sequence[str], title: str) -> str:
+def summary_markdown(report: dict, class_names: Sequence[str], title: str, explained: bool = False) -> str:
     """The report's numbers and tables in Markdown, with the four figures linked relatively."""
+    maps = (
+        " Over each face, the class activation map (Grad-CAM) of the predicted class: where the model "
+        "found its evidence."
+        if explained
+        else ""
+    )
     per_class = report["per_class"]
     lines = [
         f"# {title}",
@@ -221,7 +236,7 @@ def summary_markdown(report: dict, class_names: Sequence[str], title: str) -> st
         "",
         "## Most confident mistakes",
         "",
-        "Per true class, the wrong predictions the model was surest of (source row under each face).",
+        "Per true class, the wrong predictions the model was surest of (source row under each face)." + maps,
         "",
         "![Most confident mistakes](mistakes.png)",
         "",
@@ -239,10 +254,13 @@ def write_report(
     class_names: Sequence[str],
     title: str,
     k: int = 6,
+    predictor: Any = None,
 ) -> Path:
     """Write the four figures and summary.md (returned) for `report` = metrics.classification_report(...).
 
-    `probs`, `labels`, `images` (uint8 N x 48 x 48) and `indices` (source rows) are row-aligned.
+    `probs`, `labels`, `images` (uint8 N x 48 x 48) and `indices` (source rows) are row-aligned. With
+    `predictor` (the PyTorch model the probabilities are of), the mistakes page shows each face's class
+    activation map of its predicted class (`ferkit.runtime.explain`).
     """
     out_dir = Path(out_dir)
     probs, labels = np.asarray(probs), np.asarray(labels)
@@ -257,10 +275,14 @@ def write_report(
     plot_confusion_matrix(report, class_names, title, out_dir / "confusion_matrix.png")
     plot_per_class(report, class_names, title, out_dir / "per_class.png")
     plot_reliability(report, probs, labels, title, out_dir / "reliability.png")
-    plot_mistakes(probs, labels, images, indices, class_names, title, out_dir / "mistakes.png", k)
+    heat = None
+    if predictor is not None:
+        rows = most_confident_mistakes(probs, labels, k)
+        heat = class_activation_maps(predictor, np.asarray(images)[rows], probs[rows].argmax(1))
+    plot_mistakes(probs, labels, images, indices, class_names, title, out_dir / "mistakes.png", k, heat)
     summary = out_dir / "summary.md"
     try:
-        summary.write_text(summary_markdown(report, class_names, title), encoding="utf-8")
+        summary.write_text(summary_markdown(report, class_names, title, heat is not None), encoding="utf-8")
     except OSError as e:
         raise FerkitError(f"{summary}: cannot write the summary ({e.strerror or e})") from None
     return summary

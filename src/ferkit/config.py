@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -196,14 +198,24 @@ def _check(name: str, value: Any, where: str) -> Any:
     try:
         if kind is bool and not isinstance(value, bool):
             raise ValueError
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError
+        if isinstance(value, dict) or (
+            isinstance(value, list) and (kind is not list or any(isinstance(v, (list, dict)) for v in value))
+        ):
+            raise ValueError  # a list or mapping where a value (or a list of values) belongs
         if kind is list:
             value = [str(v) for v in ([value] if isinstance(value, str) else value)]
         elif kind is not bool:
             if kind is int and isinstance(value, float) and not value.is_integer():
                 raise ValueError
             value = kind(value) if value is not None else kind()
-    except (TypeError, ValueError):
-        raise FerkitError(f"{where}: option {name!r}: {value!r} is not a valid {kind.__name__}") from None
+            if kind is float and not math.isfinite(value):
+                raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        # reprlib: a YAML alias bomb's repr would be exponential
+        shown = reprlib.repr(value) if isinstance(value, (list, dict)) else repr(value)
+        raise FerkitError(f"{where}: option {name!r}: {shown} is not a valid {kind.__name__}") from None
     meta = f.metadata
     if meta["choices"] and value not in meta["choices"]:
         raise FerkitError(f"{where}: option {name!r}: {value!r} is not one of {', '.join(meta['choices'])}")
@@ -222,8 +234,11 @@ def load_yaml(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FerkitError(f"{path}: config file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FerkitError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise FerkitError(f"{path}: cannot read the config file ({e.strerror})") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8, a 5000-digit int
+        first = (str(e).splitlines() or [e.__class__.__name__])[0]
+        raise FerkitError(f"{path}: not valid YAML ({first})") from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

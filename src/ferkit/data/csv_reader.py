@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import warnings
 import zlib
 from collections.abc import Callable
@@ -17,19 +18,29 @@ from ferkit.errors import FerkitError
 
 PIXELS = 48 * 48
 USAGES = ("Training", "PublicTest", "PrivateTest")
+MAX_BYTES = 1 << 30  # FER2013's CSV forms are 0.3 GB; a CSV (or what a .gz unpacks to) over 1 GiB is not one
 # The CSV files a Kaggle folder may hold, in the order the loader looks for them.
 FOLDER_CSVS = ("fer2013.csv", "fer2013.csv.gz", "icml_face_data.csv", "icml_face_data.csv.gz", "train.csv")
 
 
 def read_bytes(path: Path) -> bytes:
-    """The file's content, gunzipped when it is gzip (by magic bytes, not by name)."""
+    """The file's content, gunzipped when it is gzip (by magic bytes, not by name); at most MAX_BYTES, so a
+    gzip bomb costs no more memory than that."""
+    if path.stat().st_size > MAX_BYTES:
+        raise FerkitError(f"{path}: larger than {MAX_BYTES >> 20} MiB: not a FER2013 CSV")
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+            data = gz.read(MAX_BYTES + 1)
     except (EOFError, OSError, zlib.error) as e:
         raise FerkitError(f"{path}: truncated or corrupt gzip file ({e})") from None
+    if len(data) > MAX_BYTES:
+        raise FerkitError(
+            f"{path}: unpacks to more than {MAX_BYTES >> 20} MiB: not a FER2013 CSV (a gzip bomb?)"
+        )
+    return data
 
 
 def _split_lines(path: Path, data: bytes) -> tuple[list[str], list[bytes]]:

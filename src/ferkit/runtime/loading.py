@@ -14,7 +14,7 @@ from ferkit.classes import BACKENDS
 from ferkit.errors import FerkitError
 from ferkit.runtime.model_card import SHIPPED_CARD, is_model_card, model_from_card, shipped_models
 from ferkit.runtime.onnx import load_onnx_predictor
-from ferkit.runtime.predictor import CheckpointModel, Predictor, flatten, members_and_weights
+from ferkit.runtime.predictor import CheckpointModel, Predictor, flatten, members_and_weights, voting_weights
 from ferkit.utils.device import autocast_dtype, select_device
 
 ENSEMBLE_FORMAT = "ferkit-ensemble"
@@ -45,7 +45,7 @@ def read_model_json(path: Path) -> dict[str, Any]:
         raise FerkitError(f"{path}: model file not found")
     try:
         obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad UTF-8 or JSON, a 5000-digit int
         raise FerkitError(f"{path}: not a readable JSON model file ({e.__class__.__name__})") from None
     if not isinstance(obj, dict):
         raise FerkitError(f"{path}: neither a ferkit ensemble spec nor a model card")
@@ -61,10 +61,21 @@ def ensemble_spec_members(spec: dict[str, Any], path: Path) -> tuple[list[str], 
     members = spec.get("members") or []
     if not members:
         raise FerkitError(f"{path}: the ensemble has no members")
+    if not isinstance(members, list) or not all(
+        isinstance(m, dict)
+        and isinstance(m.get("path"), str)
+        and m["path"].strip()
+        and "\x00" not in m["path"]
+        for m in members
+    ):
+        raise FerkitError(
+            f'{path}: members must be a list of {{"path": file or shipped model, "weight": number}}'
+        )
+    weights = voting_weights([m.get("weight", 1.0) for m in members], str(path))
     paths = [
         m["path"] if is_shipped_name(m["path"]) else str((path.parent / m["path"]).resolve()) for m in members
     ]
-    return paths, np.array([float(m.get("weight", 1.0)) for m in members]), spec.get("tta", "none")
+    return paths, weights, spec.get("tta", "none")
 
 
 def is_ensemble_spec(path: str | Path) -> bool:

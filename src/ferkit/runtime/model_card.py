@@ -12,16 +12,16 @@ accuracy is measured after that rounding.
 from __future__ import annotations
 
 import hashlib
+import reprlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.checkpoint import FORMAT as CHECKPOINT_FORMAT
-from ferkit.runtime.predictor import CheckpointModel, Ensemble
+from ferkit.runtime.predictor import CheckpointModel, Ensemble, voting_weights
 
 CARD_FORMAT = "ferkit-model-card"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -52,26 +52,37 @@ def model_from_card(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    members = card.get("members") or []
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise FerkitError(f"{card_path}: its members are not a list of member descriptions")
     missing = [k for k in CARD_KEYS if k not in card] + [
         f"members[{i}].{k}"
-        for i, m in enumerate(card.get("members") or [])
+        for i, m in enumerate(members)
         for k in (*MEMBER_KEYS, "weight")
         if k not in m
     ]
     if missing or not card.get("members"):
         raise FerkitError(f"{card_path}: incomplete model card (missing: {', '.join(missing) or 'members'})")
-    if list(card["class_names"]) != list(CLASS_NAMES):
+    name = card["weights"]
+    if not (
+        isinstance(name, str)
+        and Path(name).name == name
+        and name not in ("", ".", "..")
+        and "\x00" not in name
+    ):
+        raise FerkitError(f"{card_path}: weights {reprlib.repr(name)} is not a file name beside the card")
+    if not isinstance(card["class_names"], list) or card["class_names"] != list(CLASS_NAMES):
         raise FerkitError(
             f"{card_path}: model classes {card['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
         )
-    weights_path = card_path.parent / card["weights"]
+    weights_path = card_path.parent / name
     if not weights_path.is_file():
         raise FerkitError(f"{card_path}: its weights file {weights_path} is missing")
     if card.get("sha256") and sha256(weights_path) != card["sha256"]:
         raise FerkitError(f"{weights_path}: checksum differs from its card {card_path} (damaged or replaced)")
     try:
         tensors = from_storage(load_file(weights_path))
-    except (SafetensorError, OSError) as e:
+    except (SafetensorError, OSError, RuntimeError) as e:  # RuntimeError: an int8 scale of the wrong shape
         raise FerkitError(f"{weights_path}: not a readable safetensors file ({e})") from None
     members = []
     for i, member in enumerate(card["members"]):
@@ -86,7 +97,7 @@ def model_from_card(
     tta = card.get("tta", "none")
     if len(members) == 1:
         return members[0], tta
-    return Ensemble(members, np.array([float(m["weight"]) for m in card["members"]])), tta
+    return Ensemble(members, voting_weights([m["weight"] for m in card["members"]], str(card_path))), tta
 
 
 def to_storage(key: str, value: torch.Tensor, weights_dtype: str) -> dict[str, torch.Tensor]:

@@ -73,6 +73,7 @@ class OnnxPredictor:
         if (
             len(inputs) != 1
             or list(inputs[0].shape[1:]) != [1, 48, 48]
+            or isinstance(inputs[0].shape[0], int)  # a fixed batch size: not `ferkit export`'s dynamic one
             or inputs[0].type != "tensor(float)"
             or len(outputs) != 1
             or list(outputs[0].shape[1:]) != [NUM_CLASSES]
@@ -87,7 +88,11 @@ class OnnxPredictor:
         self.arch = self.metadata.get("arch", "onnx")
         self.default_tta = self.metadata.get("tta", "none")
         names = self.metadata.get("class_names")
-        if names and json.loads(names) != list(CLASS_NAMES):
+        try:
+            classes = json.loads(names) if names else list(CLASS_NAMES)
+        except (ValueError, RecursionError):
+            classes = None
+        if classes != list(CLASS_NAMES):
             raise FerkitError(f"{p}: model classes {names} do not match FER2013's {list(CLASS_NAMES)}")
 
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:

@@ -4,6 +4,7 @@ test-time augmentation (`ferkit.data.transforms.tta_views`; never mixed with sin
 from __future__ import annotations
 
 import math
+import reprlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,7 +20,7 @@ from torch.fx.experimental.optimization import fuse
 from ferkit.classes import CLASS_NAMES
 from ferkit.data.transforms import BatchTransform, to_float, tta_views
 from ferkit.errors import FerkitError
-from ferkit.runtime.checkpoint import load_checkpoint, model_from_checkpoint
+from ferkit.runtime.checkpoint import check_payload, load_checkpoint, model_from_checkpoint
 from ferkit.utils.device import autocast
 
 
@@ -77,6 +78,7 @@ class CheckpointModel:
     @classmethod
     def from_payload(cls, ckpt: dict[str, Any], source: str, device: torch.device) -> CheckpointModel:
         """The model a checkpoint dict (`ferkit.checkpoint.model_payload`) describes; `source` names it."""
+        check_payload(ckpt, source)
         if list(ckpt["class_names"]) != list(CLASS_NAMES):
             raise FerkitError(
                 f"{source}: model classes {ckpt['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
@@ -149,6 +151,18 @@ def flatten(parts: list[Predictor], weights: np.ndarray) -> Ensemble:
             members.append(part)
             shares.append(float(share))
     return Ensemble(members, np.array(shares))
+
+
+def voting_weights(values: list[Any], source: str) -> np.ndarray:
+    """Members' voting weights as a file gives them: finite numbers >= 0 with a positive, finite sum (else
+    the ensemble would vote NaN or negative probabilities); FerkitError naming `source` otherwise."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    w = np.array(values if numbers else [math.nan], np.float64)
+    if not (np.isfinite(w).all() and (w >= 0).all() and 0 < w.sum() < math.inf):
+        raise FerkitError(
+            f"{source}: member weights {reprlib.repr(values)} are not numbers >= 0 with a positive sum"
+        )
+    return w
 
 
 def combine(member_probs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:

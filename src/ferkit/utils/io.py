@@ -54,7 +54,7 @@ def atomic_write(path: str | Path, mode: str = "w", newline: str | None = None) 
         if (cause := _no_room(e)) is None:
             raise
         err = NoRoomError(
-            f"{path}: cannot write it: {os.strerror(cause.errno)} (any earlier {path.name} is kept)"
+            f"{path}: cannot write it: {os.strerror(cause.errno)} (a file already there is left as it was)"
         )
         err.errno = cause.errno
         raise err from None

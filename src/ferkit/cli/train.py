@@ -12,10 +12,9 @@ from ferkit.config import FIELDS, field_type
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ferkit.config import resolve_config
-    from ferkit.training.engine import fit
+    from ferkit.api import train
 
-    summary = fit(resolve_config(args.config, given_options(args)))
+    summary = train(args.config, **given_options(args)).summary
     if "best_val_acc" in summary and summary.get("best_epoch"):
         print(
             f"best PublicTest accuracy {summary['best_val_acc']:.2%} at epoch {summary['best_epoch']}; "

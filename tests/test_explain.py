@@ -188,3 +188,16 @@ def test_report_mistakes_page_shows_the_maps(
     ensemble = explainable_model({"model_path": "ensemble", "weights": "fit", "members": members})
     assert isinstance(ensemble, Ensemble) and np.allclose(ensemble.weights, [0.25, 0.75])
     assert explainable_model(report | {"backend": "onnx"}) is None
+
+
+def test_cli_predict_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str], photos: list[Path]) -> None:
+    from ferkit.cli import main
+
+    out = tmp_path / "explained"
+    code = main(["predict", str(photos[0]), "--model_path", "ferkit-fer2013-fast", "--explain", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    faces = [line for line in captured.out.splitlines() if ": face " in line]
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == len(faces) >= 1 and all(n.startswith("photo-face") for n in written)
+    assert f"activation maps in {out}" in captured.err

@@ -1,5 +1,6 @@
-"""`ferkit serve`: the JSON API (same answers as `ferkit predict`), upload limits, concurrency, and the page
-end to end in headless Chromium on the real server.
+"""`ferkit serve`: the JSON API (same answers as `ferkit predict`), upload limits, concurrency (faces of
+concurrent requests batched, each answer still its own request's), the bounded queue and time limit,
+/metrics, `--workers`, and the page end to end in headless Chromium on the real server.
 
 Test photos are real FER2013 faces pasted onto a textured canvas, built as in test_predict.py.
 """
@@ -7,13 +8,19 @@ Test photos are real FER2013 faces pasted onto a textured canvas, built as in te
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +30,7 @@ from PIL import Image
 from test_predict import DETECTABLE, GROUP, HEIGHT, WIDTH, assert_face_dicts, paste
 
 from ferkit.apps.predict import COLORS, predict_paths
-from ferkit.apps.serve import MAX_UPLOAD, create_app
+from ferkit.apps.serve import MAX_UPLOAD, create_app, model_name
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.loading import load_model
@@ -88,7 +95,9 @@ def test_health_and_self_contained_page(client, tiny_checkpoint) -> None:
     from ferkit.runtime.checkpoint import load_checkpoint
 
     health = client.get("/health").json()
-    assert health["status"] == "ok" and health["model"] == str(tiny_checkpoint)
+    assert (
+        health["status"] == "ok" and health["model"] == "best.pth"
+    )  # the file's name, not the server's path
     assert health["arch"] == load_checkpoint(tiny_checkpoint)["arch"] and health["backend"] == "torch"
     assert health["precision"] == "fp32"
     page = client.get("/")
@@ -169,6 +178,17 @@ def test_upload_limits_and_bad_files(client, photo) -> None:
     assert client.get("/health").json()["status"] == "ok"  # and the server is still up
 
 
+def assert_same_answer(got: dict, alone: dict) -> None:
+    """`got` answers the same image as `alone`: same faces and emotions; probabilities equal to float
+    rounding (a face's batch companions may change the last bit of its scores)."""
+    assert got.keys() == alone.keys() and got["image"] == alone["image"]
+    assert [f["box"] for f in got["faces"]] == [f["box"] for f in alone["faces"]]
+    for face, single in zip(got["faces"], alone["faces"], strict=True):
+        assert face["emotion"] == single["emotion"]
+        for name in CLASS_NAMES:
+            assert abs(face["probabilities"][name] - single["probabilities"][name]) <= 2e-4
+
+
 def test_concurrent_requests_all_succeed_with_identical_results(client, photo, real_faces) -> None:
     uploads = [(photo.read_bytes(), "group.png"), (png_bytes(real_faces[3]), "face.png")]
     alone = [post(client, data, name).json() for data, name in uploads]
@@ -176,7 +196,74 @@ def test_concurrent_requests_all_succeed_with_identical_results(client, photo, r
         responses = list(pool.map(lambda i: post(client, *uploads[i % 2]), range(8)))
     assert [r.status_code for r in responses] == [200] * 8
     for i, r in enumerate(responses):
-        assert r.json() == alone[i % 2]
+        assert_same_answer(r.json(), alone[i % 2])
+
+
+def metrics_of(client) -> dict[str, list]:
+    """/metrics parsed as Prometheus text: metric family name -> its samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {family.name: family.samples for family in text_string_to_metric_families(response.text)}
+
+
+def test_faces_of_concurrent_requests_are_batched_and_map_back(tiny_checkpoint, photo, real_faces) -> None:
+    from fastapi.testclient import TestClient
+
+    mirrored = photo.with_name("mirrored.png")
+    mirrored.write_bytes(png_bytes(np.ascontiguousarray(np.asarray(Image.open(photo))[:, ::-1])))
+    uploads = [  # different images, different numbers of faces
+        (photo.read_bytes(), "group.png", ""),
+        (mirrored.read_bytes(), "mirrored.png", ""),
+        (png_bytes(real_faces[3]), "face.png", ""),
+        (png_bytes(real_faces[4]), "crop.png", "?detect=false"),
+        (png_bytes(np.full((120, 160), 128, np.uint8)), "wall.png", ""),
+    ]
+    app = create_app(str(tiny_checkpoint), device="cpu", batch_wait_ms=300, max_batch=64)
+    with TestClient(app) as c:
+        alone = [post(c, data, name, query).json() for data, name, query in uploads]
+        assert [len(a["faces"]) for a in alone] == [3, 3, 1, 1, 0]
+        order = [i % len(uploads) for i in range(15)]
+        with ThreadPoolExecutor(15) as pool:
+            responses = list(pool.map(lambda i: post(c, *uploads[i]), order))
+        assert [r.status_code for r in responses] == [200] * len(order)
+        for i, r in zip(order, responses, strict=True):
+            assert_same_answer(r.json(), alone[i])  # each request gets its own faces back
+        metrics = metrics_of(c)
+
+    (faces,) = [s.value for s in metrics["ferkit_faces"] if s.name == "ferkit_faces_total"]
+    assert faces == sum(len(a["faces"]) for a in alone) + sum(len(alone[i]["faces"]) for i in order)
+    sizes = {s.name.removeprefix("ferkit_batch_faces"): s for s in metrics["ferkit_batch_faces"]}
+    assert sizes["_sum"].value == faces  # every face ran once
+    with_faces = sum(1 for a in alone if a["faces"]) + sum(1 for i in order if alone[i]["faces"])
+    assert sizes["_count"].value < with_faces  # fewer batches than requests: faces of several shared one
+    answered = {s.labels["status"]: s.value for s in metrics["ferkit_requests"] if s.name.endswith("_total")}
+    assert answered == {"200": len(uploads) + len(order)}
+    (depth,) = [s.value for s in metrics["ferkit_queue_depth"]]
+    assert depth == 0
+
+
+def test_metrics_are_prometheus_text_and_health_names_no_path(client, photo) -> None:
+    assert post(client, photo.read_bytes(), "group.png").status_code == 200
+    assert post(client, b"", "empty.png").status_code == 400
+    metrics = metrics_of(client)
+    assert {
+        "ferkit_requests",
+        "ferkit_request_seconds",
+        "ferkit_queue_depth",
+        "ferkit_faces",
+    } <= metrics.keys()
+    answered = {s.labels["status"]: s.value for s in metrics["ferkit_requests"] if s.name.endswith("_total")}
+    assert answered["200"] >= 1 and answered["400"] >= 1
+    (count,) = [s.value for s in metrics["ferkit_request_seconds"] if s.name.endswith("_count")]
+    assert count == sum(answered.values())
+    health = client.get("/health").json()
+    assert os.sep not in health["model"] and "tmp" not in json.dumps(health)
+    from ferkit.runtime.model_card import shipped_models
+
+    for name, card in shipped_models().items():  # a shipped model is named, not its card's path
+        assert model_name(str(card)) == name
 
 
 # ----------------------------------------------------------------------------- command line
@@ -191,6 +278,11 @@ def test_cli_errors_before_the_server_starts(tmp_path, tiny_checkpoint) -> None:
         (["--model_path", str(tmp_path / "gone.pth")], "gone.pth: checkpoint not found"),
         (["--model_path", str(tiny_checkpoint), "--backend", "onnx"], "--backend onnx takes an .onnx"),
         (["--backend", "onnx"], "--backend onnx needs --model_path"),
+        (["--max_batch", "0"], "--max_batch 0: must be at least 1"),
+        (["--queue_size", "0"], "--queue_size 0: must be at least 1"),
+        (["--timeout_s", "0"], "--timeout_s 0.0: must be a number of seconds above 0"),
+        (["--batch_wait_ms", "-1"], "--batch_wait_ms -1.0: must be 0 to 1000"),
+        (["--model_path", str(tiny_checkpoint), "--workers", "0"], "--workers 0: must be at least 1"),
     ]
     for argv, needle in cases:
         args = serve_args(*argv)
@@ -208,9 +300,9 @@ def test_cli_errors_before_the_server_starts(tmp_path, tiny_checkpoint) -> None:
 
 
 # ----------------------------------------------------------------------------- the page, in Chromium
-@pytest.fixture
-def live_server(tiny_checkpoint, monkeypatch, capsys):
-    """`ferkit serve --port 0` running in a thread: the URL it printed."""
+@contextlib.contextmanager
+def running_server(monkeypatch, capsys, *argv: str) -> Iterator[str]:
+    """`ferkit serve --port 0 ARGV` running in a thread: the URL it printed."""
     import uvicorn
 
     servers: list[uvicorn.Server] = []
@@ -221,7 +313,7 @@ def live_server(tiny_checkpoint, monkeypatch, capsys):
             servers.append(self)
 
     monkeypatch.setattr(uvicorn, "Server", Recorded)
-    args = serve_args("--model_path", str(tiny_checkpoint), "--device", "cpu", "--port", "0")
+    args = serve_args("--device", "cpu", "--port", "0", *argv)
     thread = threading.Thread(target=args.func, args=(args,), daemon=True)
     thread.start()
     printed, deadline = "", time.monotonic() + 60
@@ -236,6 +328,122 @@ def live_server(tiny_checkpoint, monkeypatch, capsys):
     servers[0].should_exit = True
     thread.join(15)
     assert not thread.is_alive()
+
+
+@pytest.fixture
+def live_server(tiny_checkpoint, monkeypatch, capsys):
+    with running_server(monkeypatch, capsys, "--model_path", str(tiny_checkpoint)) as url:
+        yield url
+
+
+def start_upload(url: str, data: bytes) -> socket.socket:
+    """A POST /predict whose body stops half way: the request is in the server until the rest comes."""
+    host, port = url.removeprefix("http://").rstrip("/").split(":")
+    boundary = "ferkitboundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="slow.png"\r\n\r\n'
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(
+        f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nConnection: close\r\n\r\n".encode()
+        + body[: len(body) // 2]
+    )
+    return sock
+
+
+def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
+    """Status, headers (lower-case names) and JSON body of the one response on `sock`."""
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    sock.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_full_queue_is_503_with_retry_after_at_once_and_slow_requests_time_out(
+    tiny_checkpoint, photo, monkeypatch, capsys
+) -> None:
+    import httpx
+
+    argv = ("--model_path", str(tiny_checkpoint), "--queue_size", "1", "--timeout_s", "3")
+    with running_server(monkeypatch, capsys, *argv) as url:
+        data = photo.read_bytes()
+        slow = start_upload(url, data)  # holds the one place in the queue
+        time.sleep(0.5)
+        start = time.monotonic()
+        refused = httpx.post(f"{url}predict", files={"file": ("group.png", data)}, timeout=30)
+        assert time.monotonic() - start < 1.0  # at once, not after the slow one
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert "server busy" in error_of(refused, 503)
+        status, headers, body = read_answer(slow)  # its body never came: the time limit answers
+        assert status == 503 and headers["retry-after"] == "1" and "no answer within 3 s" in body["error"]
+        ok = httpx.post(f"{url}predict", files={"file": ("group.png", data)}, timeout=30)
+        assert ok.status_code == 200 and len(ok.json()["faces"]) == len(GROUP)  # the place is free again
+        metrics = httpx.get(f"{url}metrics").text
+    assert 'ferkit_requests_total{status="503"} 2.0' in metrics
+
+
+@pytest.mark.slow
+def test_workers_processes_serve_requests(tiny_checkpoint, photo, tmp_path) -> None:
+    """`ferkit serve --workers 2`: two processes answer on the one port, as a single one would."""
+    import httpx
+
+    cmd = [sys.executable, "-m", "ferkit", "serve", "--model_path", str(tiny_checkpoint), "--device", "cpu"]
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [*cmd, "--port", "0", "--workers", "2"], stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        line = proc.stdout.readline()
+        assert "(2 worker processes)" in line, (line, log.read_text())
+        url = line.split(" at ")[1].split()[0]
+        deadline = time.monotonic() + 120
+        while True:  # the workers load the model first
+            try:
+                if httpx.get(f"{url}health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.25)
+        assert httpx.get(f"{url}health").json()["model"] == "best.pth"
+        data = photo.read_bytes()
+
+        def ask(_: int) -> httpx.Response:
+            return httpx.post(f"{url}predict", files={"file": ("g.png", data)}, timeout=60)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(8)))
+        assert [a.status_code for a in answers] == [200] * 8
+        for a in answers:
+            assert_same_answer(a.json(), answers[0].json())
+        assert len(worker_pids(proc.pid)) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log.read_text()
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The processes uvicorn spawned for `parent`'s workers (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == parent and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def test_page_end_to_end_in_chromium(live_server, photo, tmp_path) -> None:
@@ -258,6 +466,8 @@ def test_page_end_to_end_in_chromium(live_server, photo, tmp_path) -> None:
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.goto(live_server)
             page.wait_for_function("document.getElementById('model').textContent.includes('torch')")
+            shown = page.locator("#model").inner_text()
+            assert shown.startswith("best.pth ") and "/" not in shown  # the model's name, not its path
             page.set_input_files("#file", str(photo))
             page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=60_000)
             assert page.locator("#status").inner_text() == "group.png: 3 faces"

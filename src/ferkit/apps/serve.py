@@ -1,9 +1,17 @@
-"""`ferkit serve`: a small web app around `ferkit predict` for one photo at a time.
+"""`ferkit serve`: a web page and a JSON API around one model, built to take many requests at once.
 
 `GET /` is one self-contained page (no outside assets): upload a photo or capture a webcam frame, see the
 faces boxed and each face's emotions as bars. `POST /predict` (multipart field `file`) answers exactly the
-entry `ferkit predict --format json` gives an image; `GET /health` names the model. The model is loaded
-once, before the server listens, and one request at a time runs it.
+entry `ferkit predict --format json` gives an image; `GET /health` names the model (its shipped name or
+its file's name, never a path on the server); `GET /metrics` is Prometheus text. The model is loaded
+once, before the server listens.
+
+A request is admitted while fewer than `queue_size` are in the server, else it gets 503 with Retry-After
+at once. Its upload is read and checked, then decoded and its faces found on a few threads, outside the
+model. Its face crops join the queue of the one thread that runs the model: while more requests are on
+their way it waits up to `batch_wait_ms` for their faces, so the faces of concurrent requests are
+classified together, up to `max_batch` at a time. A request not answered within `timeout_s` gets 503 as
+well. `--workers N` runs N such processes on one port.
 
 Uploads over `MAX_UPLOAD` bytes are refused (413) from their Content-Length, or as soon as the body grows
 past it; anything Pillow cannot identify as an image is 415, a possible decompression bomb 413, an empty
@@ -12,18 +20,28 @@ or damaged file 400. Errors are JSON: `{"error": "..."}`.
 No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at runtime.
 """
 
+import asyncio
+import contextlib
+import inspect
 import io
 import json
+import logging
+import math
+import os
+import queue
 import socket
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ferkit.apps.predict import COLORS, describe_model, predict_image
+from ferkit.apps.predict import COLORS, NO_FACE
 from ferkit.errors import FerkitError
 
 MAX_UPLOAD = 10 * 1024 * 1024  # bytes of the image itself
@@ -31,6 +49,11 @@ MULTIPART_SLACK = 64 * 1024  # room for the multipart boundaries and headers aro
 INSTALL_HINT = "pip install 'ferkit[serve]'"
 ANY_HOST = ("0.0.0.0", "::", "")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")  # uvicorn's
+SETTINGS_ENV = "FERKIT_SERVE_SETTINGS"  # how `--workers` processes get the settings (JSON)
+RETRY_AFTER = "1"  # seconds, in every 503
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+log = logging.getLogger("uvicorn.error")
 
 
 class UploadError(Exception):
@@ -45,6 +68,7 @@ class UploadError(Exception):
 def _import_web():
     try:
         import fastapi
+        import prometheus_client  # noqa: F401
         import uvicorn  # noqa: F401
 
         try:  # python-multipart, which FastAPI needs for uploads (`multipart` before 0.0.13)
@@ -52,7 +76,8 @@ def _import_web():
         except ImportError:
             import multipart  # noqa: F401
     except ImportError as e:
-        name = "python-multipart" if e.name in ("multipart", "python_multipart") else e.name
+        name = {"multipart": "python-multipart", "python_multipart": "python-multipart"}.get(e.name, e.name)
+        name = "prometheus-client" if name == "prometheus_client" else name
         raise FerkitError(f"`ferkit serve` needs {name}: {INSTALL_HINT}") from None
     return fastapi
 
@@ -147,57 +172,347 @@ async def read_upload(request: Any) -> tuple[bytes, str]:
     return data, name
 
 
-def create_app(
-    model_path: str | None = None,
-    backend: str = "torch",
-    device: str = "cpu",
-    tta: str | None = None,
-    precision: str = "fp32",
-):
-    """The FastAPI app serving `model_path` (None: the shipped model; `.onnx` with backend "onnx").
+# ----------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class ServeSettings:
+    """The model a server runs and how it takes load; `--workers` processes get it as JSON (SETTINGS_ENV).
 
-    The model is loaded here, so a missing or broken model is a FerkitError before any server starts.
+    `max_batch`: most faces the model classifies at once; `batch_wait_ms`: how long the model waits for
+    other requests' faces to fill a batch (only while more requests are on their way); `queue_size`: most
+    requests in the server at once (past it: 503 at once); `timeout_s`: a request's time limit (then 503).
     """
-    fastapi = _import_web()
-    from fastapi import Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.responses import HTMLResponse, JSONResponse
 
-    from ferkit.runtime.loading import load_model  # torch: only once a server starts
+    model_path: str | None = None
+    backend: str = "torch"
+    device: str = "auto"
+    tta: str | None = None
+    precision: str = "fp32"
+    max_batch: int = 32
+    batch_wait_ms: float = 5.0
+    queue_size: int = 32
+    timeout_s: float = 30.0
 
-    predictor, default_tta, shown = load_model(model_path, backend, device, precision)
-    tta = tta or default_tta
-    lock = threading.Lock()
-    html = page_html()
-    health = {
-        "status": "ok",
-        "model": shown,
-        "arch": describe_model(predictor),
-        "backend": backend,
-        "precision": precision,
-        "tta": tta,
-    }
+    def __post_init__(self) -> None:
+        for option, value in (("--max_batch", self.max_batch), ("--queue_size", self.queue_size)):
+            if value < 1:
+                raise FerkitError(f"{option} {value}: must be at least 1")
+        if not (math.isfinite(self.batch_wait_ms) and 0 <= self.batch_wait_ms <= 1000):
+            raise FerkitError(f"--batch_wait_ms {self.batch_wait_ms}: must be 0 to 1000")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise FerkitError(f"--timeout_s {self.timeout_s}: must be a number of seconds above 0")
 
-    def infer(data: bytes, name: str, detect: bool) -> dict[str, Any]:
+
+def model_name(source: str) -> str:
+    """What the server calls its model: a shipped model's name, else its file's name (never its folder)."""
+    from ferkit.runtime.model_card import shipped_models  # torch: only once a server starts
+
+    path = Path(source)
+    shipped = {card.resolve(): name for name, card in shipped_models().items()}
+    return shipped.get(path.resolve(), path.name)
+
+
+def available_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# ----------------------------------------------------------------------------- metrics
+class ServeMetrics:
+    """One server process's Prometheus metrics, in a registry of their own (one per app)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter(
+            "ferkit_requests", "POST /predict answers by HTTP status", ["status"], registry=reg
+        )
+        self.latency = Histogram(
+            "ferkit_request_seconds", "POST /predict time to answer", buckets=LATENCY_BUCKETS, registry=reg
+        )
+        self.queue_depth = Gauge(
+            "ferkit_queue_depth", "requests in the server, not yet answered", registry=reg
+        )
+        self.faces = Counter("ferkit_faces", "faces classified", registry=reg)
+        self.batch_faces = Histogram(
+            "ferkit_batch_faces", "faces per batch the model ran", buckets=BATCH_BUCKETS, registry=reg
+        )
+
+    def answered(self, status: int, seconds: float) -> None:
+        self.requests.labels(str(status)).inc()
+        self.latency.observe(seconds)
+
+    def text(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+# ----------------------------------------------------------------------------- the model's thread
+@dataclass
+class _Job:
+    """One request's face crops and the future its faces go to (on the request's event loop)."""
+
+    crops: Sequence[Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+
+def _settle(future: asyncio.Future, faces: list[Any] | None, error: BaseException | None) -> None:
+    if future.done():  # the request timed out meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(faces)
+
+
+class FaceQueue:
+    """The one thread that runs the model: it classifies the face crops of concurrent requests together.
+
+    It takes every job waiting, and while requests are still on their way (`upstream`: admitted, not yet
+    queued) waits up to `wait_s` for more, until `max_batch` faces; then one `Recognizer.faces_of` call.
+    """
+
+    def __init__(self, recognizer: Any, max_batch: int, wait_s: float, metrics: ServeMetrics) -> None:
+        self.recognizer = recognizer
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self.metrics = metrics
+        self.upstream = 0  # changed on the event loop's thread only
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, name="ferkit-model", daemon=True)
+        self.thread.start()
+
+    async def classify(self, crops: Sequence[Any]) -> list[Any]:
+        """The `Face` of each crop, in order, once its batch has run."""
+        loop = asyncio.get_running_loop()
+        job = _Job(crops, loop, loop.create_future())
+        self.jobs.put(job)
+        return await job.future
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        running = True
+        while running:
+            first = self.jobs.get()
+            if first is None:
+                return
+            batch, running = self._collect(first)
+            self._classify([job for job in batch if not job.future.done()])
+
+    def _collect(self, first: _Job) -> tuple[list[_Job], bool]:
+        """`first` and the jobs that join it in one batch; False once told to stop."""
+        batch, count = [first], len(first.crops)
+        deadline = time.monotonic() + self.wait_s
+        while count < self.max_batch:
+            try:
+                job = self.jobs.get_nowait()
+            except queue.Empty:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.upstream <= 0:
+                    break
+                try:
+                    job = self.jobs.get(timeout=left)
+                except queue.Empty:
+                    break
+            if job is None:
+                return batch, False
+            batch.append(job)
+            count += len(job.crops)
+        return batch, True
+
+    def _classify(self, batch: list[_Job]) -> None:
+        crops = [crop for job in batch for crop in job.crops]
+        if not crops:
+            return
+        try:
+            faces, error = self.recognizer.faces_of(crops), None
+        except Exception as e:  # the model failed: every request waiting on it gets the error
+            log.exception("ferkit serve: the model failed on %d faces", len(crops))
+            faces, error = [], e
+        for start in range(0, len(crops), self.max_batch):
+            self.metrics.batch_faces.observe(min(self.max_batch, len(crops) - start))
+        self.metrics.faces.inc(len(crops))
+        start = 0
+        for job in batch:
+            done = None if error else faces[start : start + len(job.crops)]
+            job.loop.call_soon_threadsafe(_settle, job.future, done, error)
+            start += len(job.crops)
+
+
+# ----------------------------------------------------------------------------- one server process
+def busy(message: str) -> tuple[int, dict[str, Any], dict[str, str]]:
+    return 503, {"error": message}, {"Retry-After": RETRY_AFTER}
+
+
+class Service:
+    """One server process's model, threads and counters; `answer` runs one POST /predict."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        from ferkit.apps.recognizer import load_recognizer  # torch: only once a server starts
+
+        self.settings = settings
+        self.recognizer = load_recognizer(
+            settings.model_path,
+            backend=settings.backend,
+            device=settings.device,
+            precision=settings.precision,
+            tta=settings.tta,
+            batch_size=settings.max_batch,
+        )
+        rec = self.recognizer
+        self.health = {
+            "status": "ok",
+            "model": model_name(rec.model_path),
+            "arch": rec.arch,
+            "backend": settings.backend,
+            "precision": settings.precision,
+            "tta": rec.tta,
+        }
+        self.metrics = ServeMetrics()
+        self.pending = 0  # requests admitted, not yet answered (event loop's thread only)
+        self.detect_lock = threading.Lock()
+        self.pool: ThreadPoolExecutor | None = None
+        self.faces: FaceQueue | None = None
+
+    def start(self) -> None:
+        """The decode/detect threads and the model's thread (a few faces classified once: the model's
+        first call prepares it, so no request waits for that)."""
+        import numpy as np
+
+        from ferkit.apps.recognizer import FaceCrop
+
+        self.recognizer.faces_of([FaceCrop((0, 0, 48, 48), np.zeros((48, 48), np.uint8))])
+        self.pool = ThreadPoolExecutor(available_cpus(), thread_name_prefix="ferkit-detect")
+        self.faces = FaceQueue(
+            self.recognizer, self.settings.max_batch, self.settings.batch_wait_ms / 1000, self.metrics
+        )
+
+    def stop(self) -> None:
+        if self.faces is not None:
+            self.faces.stop()
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def answer(self, request: Any, detect: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, JSON body, headers) for one POST /predict."""
+        started = time.perf_counter()
+        limit = self.settings.queue_size
+        if self.pending >= limit:
+            answer = busy(
+                f"server busy: {self.pending} requests in progress (at most {limit}); retry shortly"
+            )
+            self.metrics.answered(503, time.perf_counter() - started)
+            return answer
+        self.pending += 1
+        self.metrics.queue_depth.inc()
+        try:
+            body = await asyncio.wait_for(self.predict(request, detect), self.settings.timeout_s)
+            answer = 200, body, {}
+        except UploadError as e:
+            answer = e.status, {"error": e.message}, {}
+        except asyncio.TimeoutError:
+            answer = busy(
+                f"no answer within {self.settings.timeout_s:g} s: the server is busy; retry shortly"
+            )
+        except Exception as e:  # a bug or the model failing: one line, the traceback in the server's log
+            log.exception("ferkit serve: POST /predict failed")
+            answer = 500, {"error": f"internal error ({e.__class__.__name__})"}, {}
+        finally:
+            self.pending -= 1
+            self.metrics.queue_depth.dec()
+        self.metrics.answered(answer[0], time.perf_counter() - started)
+        return answer
+
+    async def predict(self, request: Any, detect: bool) -> dict[str, Any]:
+        """The predict JSON of the uploaded image: read, checked, faces found off the event loop, then
+        classified with other requests' faces."""
+        assert self.faces is not None and self.pool is not None, "Service.start() first"
+        self.faces.upstream += 1
+        try:
+            data, name = await read_upload(request)
+            check_image(data, name)
+            crops = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self.find_faces, data, name, detect
+            )
+        finally:
+            self.faces.upstream -= 1
+        found = await self.faces.classify(crops) if crops else []
+        result: dict[str, Any] = {"image": name, "faces": [face.to_dict() for face in found]}
+        if not found:
+            result["note"] = NO_FACE
+        return result
+
+    def find_faces(self, data: bytes, name: str, detect: bool) -> list[Any]:
+        """The face crops of an upload (decoded upright as `ferkit predict` reads files, then its faces found,
+        one image at a time); errors name the upload."""
+        from ferkit.apps.recognizer import gray_of
+
         with tempfile.TemporaryDirectory(prefix="ferkit-serve-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(data)
             try:
-                with lock:
-                    return predict_image(path, predictor, tta, detect=detect, name=name)
+                gray = gray_of(path)
+                with self.detect_lock:  # detectors hold state (OpenCV's cascade): one image at a time
+                    return self.recognizer.face_crops(gray, detect)
             except FerkitError as e:
                 message = str(e).replace(str(path), name)
                 raise UploadError(413 if "decompression bomb" in message else 400, message) from None
             except (OSError, ValueError) as e:
                 raise UploadError(400, f"{name}: cannot read the image ({e.__class__.__name__})") from None
 
+
+# ----------------------------------------------------------------------------- the app
+def create_app(
+    model_path: str | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    tta: str | None = None,
+    precision: str = "fp32",
+    **load: Any,
+):
+    """The FastAPI app serving `model_path` (None: the shipped model; `.onnx` with backend "onnx");
+    `load`: `ServeSettings`' max_batch, batch_wait_ms, queue_size, timeout_s.
+
+    The model is loaded here, so a missing or broken model is a FerkitError before any server starts.
+    """
+    return app_for(ServeSettings(model_path, backend, device, tta, precision, **load))
+
+
+def app_from_env():
+    """The app of the settings in SETTINGS_ENV: what each `--workers` process runs (uvicorn's factory)."""
+    return app_for(ServeSettings(**json.loads(os.environ[SETTINGS_ENV])))
+
+
+def app_for(settings: ServeSettings):
+    """The FastAPI app of `settings`: the page, /predict, /health and /metrics."""
+    fastapi = _import_web()
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+    service = Service(settings)
+    service.start()
+    html = page_html()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any):
+        yield
+        service.stop()
+
     app = fastapi.FastAPI(
         title="ferkit",
         summary="Facial expression recognition (FER2013, 7 classes)",
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
     )
-    app.state.predictor, app.state.health = predictor, health
+    app.state.service, app.state.health = service, service.health
+    app.state.predictor = service.recognizer.predictor
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -205,20 +520,21 @@ def create_app(
 
     @app.get("/health")
     def get_health() -> dict[str, Any]:
-        return health
+        return service.health
+
+    @app.get("/metrics")
+    def get_metrics() -> Response:
+        text, kind = service.metrics.text()
+        return Response(text, media_type=kind)
 
     @app.post("/predict")
-    async def post_predict(request: Request, detect: bool = True) -> Any:
+    async def post_predict(request: Request, detect: bool = True) -> JSONResponse:
         """One image (multipart field `file`): `{"image", "faces": [{"box", "emotion", "probabilities"}]}`.
 
         `detect=false` takes the whole image as one face (for ready-cropped faces, like `--no-detect`).
         """
-        try:
-            data, name = await read_upload(request)
-            check_image(data, name)
-            return await run_in_threadpool(infer, data, name, detect)
-        except UploadError as e:
-            return JSONResponse({"error": e.message}, status_code=e.status)
+        status, body, headers = await service.answer(request, detect)
+        return JSONResponse(body, status_code=status, headers=headers)
 
     return app
 
@@ -250,26 +566,51 @@ def url_of(sock: socket.socket, host: str) -> str:
 
 
 def serve(
-    model_path: str | None = None,
-    backend: str = "torch",
-    device: str = "auto",
-    tta: str | None = None,
-    precision: str = "fp32",
+    settings: ServeSettings,
     host: str = "127.0.0.1",
     port: int = 8000,
     log_level: str = "warning",
+    workers: int = 1,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Serve `create_app`'s app on host:port until interrupted. The model loads first, so its errors come
-    before anything listens; `announce` gets one line saying what runs where, once the socket is bound."""
+    """Serve `settings`' app on host:port until interrupted, in `workers` processes. The model loads first
+    (in this process), so its errors come before anything listens; `announce` gets one line saying what
+    runs where, once the socket is bound."""
     if not 0 <= port <= 65535:
         raise FerkitError(f"--port {port}: must be 0 to 65535")
-    app = create_app(model_path, backend, device, tta, precision)
+    if workers < 1:
+        raise FerkitError(f"--workers {workers}: must be at least 1")
+    app = app_for(settings) if workers == 1 else None
+    info = app.state.health if app is not None else Service(settings).health  # workers: checks the model
     import uvicorn
 
     sock = bind(host, port)
     extra = " (listening on every interface)" if host in ANY_HOST else ""
-    info = app.state.health
-    announce(f"ferkit serve: {info['arch']} ({info['model']}) at {url_of(sock, host)}{extra}  Ctrl+C stops")
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[sock])
+    processes = f" ({workers} worker processes)" if workers > 1 else ""
+    where = f"{url_of(sock, host)}{extra}{processes}"
+    announce(f"ferkit serve: {info['arch']} ({info['model']}) at {where}  Ctrl+C stops")
+    if app is not None:
+        config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+        uvicorn.Server(config).run(sockets=[sock])
+        return
+    os.environ[SETTINGS_ENV] = json.dumps(asdict(settings))
+    config = uvicorn.Config(
+        f"{__name__}:app_from_env",
+        factory=True,
+        workers=workers,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+    )
+    run_workers(config, sock)
+
+
+def run_workers(config: Any, sock: socket.socket) -> None:
+    """uvicorn's supervisor of `config.workers` processes, all answering on `sock`."""
+    from uvicorn.supervisors import Multiprocess
+
+    if "target" in inspect.signature(Multiprocess).parameters:  # older uvicorn takes the server's run
+        import uvicorn
+
+        Multiprocess(config, target=uvicorn.Server(config).run, sockets=[sock]).run()
+    else:
+        Multiprocess(config, sockets=[sock]).run()

@@ -807,7 +807,7 @@ def apply_tensor_edits(state: dict[str, Any], edits: list[tuple[str, str]]) -> d
         if op in values:
             new[key] = torch.full(t.shape, values[op]) if t.is_floating_point() else t
         elif op == "shape":
-            new[key] = torch.zeros(*[s + 1 for s in t.shape])
+            new[key] = torch.zeros([s + 1 for s in t.shape] or [2])
         elif op == "delete":
             del new[key]
         elif op == "extra":

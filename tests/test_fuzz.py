@@ -39,6 +39,8 @@ _SEEDS: dict[str, object] = {}
 
 # What the explicit examples (inputs that once failed) are made of.
 FACE_PNG = fuzz.encode_image("PNG", "L", 48, 48, 0)
+_GIF = fuzz.encode_image("GIF", "P", 20, 20, 3)
+BOMB_GIF = _GIF[:6] + b"\xff" * 4 + _GIF[10:]  # a 65535 x 65535 screen: Pillow's DecompressionBombError
 TINY = torch.load(ROOT / "tests" / "fixtures" / "tiny_cnn.pth", weights_only=True)
 ENSEMBLE = "ferkit-ensemble"
 CARD = json.loads((ROOT / "src" / "ferkit" / "weights" / "ferkit-fer2013-fast.json").read_text())
@@ -109,6 +111,7 @@ def test_ferplus(case) -> None:
 @SUITE
 @given(case=cases("folders"))
 @example(case=Case({"root/hap\npy/a.png": FACE_PNG}, {"skip_bad_rows": False}))  # a line break in a message
+@example(case=Case({"root/happy/a.gif": BOMB_GIF}, {"skip_bad_rows": True}))  # DecompressionBombError
 def test_image_folders(case) -> None:
     check("folders", case)
 
@@ -189,6 +192,7 @@ def test_onnx(case) -> None:
 
 @SUITE
 @given(case=cases("image"))
+@example(case=Case({"image.gif": BOMB_GIF}))
 def test_image(case) -> None:
     check("image", case)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 import types
 from pathlib import Path
 
@@ -182,3 +183,9 @@ def test_cli_streams_rows_and_fails_in_one_line(tmp_path, tiny_checkpoint, clip,
     proc = run_ferkit("predict", clip, "--model_path", tiny_checkpoint, "--fps", "25", "--annotate", ann)
     assert_one_line_error(proc, "clip.mp4", "--fps 25")
     assert list(ann.iterdir()) == []
+
+
+def test_missing_tracker_is_one_line(monkeypatch, rec, clip) -> None:
+    monkeypatch.setitem(sys.modules, "norfair", None)  # as if norfair were not installed
+    with pytest.raises(FerkitError, match=r"needs norfair: pip install 'ferkit\[video\]'"):
+        next(rec.video(clip))

@@ -204,6 +204,24 @@ def test_an_ensemble_member_outside_its_folder_is_only_read_as_a_checkpoint(tmp_
         assert "passwd" in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_model_card_cannot_name_weights_elsewhere_nor_pass_off_tampered_ones(tmp_path: Path) -> None:
+    shipped = ROOT / "src" / "ferkit" / "weights" / "ferkit-fer2013-fast.json"
+    card = json.loads(shipped.read_text())
+    weights = tmp_path / card["weights"]
+    weights.write_bytes(shipped.with_suffix(".safetensors").read_bytes())
+    path = tmp_path / "card.json"
+    for name in ("../" * 12 + "etc/passwd", "/etc/passwd", ".."):
+        path.write_text(json.dumps(card | {"weights": name}))
+        with pytest.raises(FerkitError, match="is not a file name beside the card"):
+            load_predictor(path, "cpu")
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    path.write_text(json.dumps(card))
+    with pytest.raises(FerkitError, match="checksum differs"):
+        load_predictor(path, "cpu")
+
+
 def test_a_yaml_config_cannot_build_python_objects(tmp_path: Path) -> None:
     marker, config = tmp_path / "pwned", tmp_path / "config.yaml"
     for tag in ("!!python/object/apply:os.system", "!!python/object/new:os.system"):

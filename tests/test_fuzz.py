@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,8 +32,7 @@ SUITE = settings(
     deadline=None,  # fuzz.attempt's own limits stand in for it (10 s of CPU, 60 s of wall time)
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
 )
-_FOLDER = Path(tempfile.mkdtemp(prefix="ferkit-fuzz-"))
-_SEEDS: dict[str, object] = {}
+_SEEDS: dict[str, object] = {}  # target name -> its seed inputs; "": the module's working folder
 
 # What the explicit examples (inputs that once failed) are made of.
 FACE_PNG = fuzz.encode_image("PNG", "L", 48, 48, 0)
@@ -52,6 +49,14 @@ def checkpoint(**changes) -> Case:
     return Case({"model.pth": fuzz.torch_bytes(ckpt)}, {"model": "model.pth"})
 
 
+def ferplus_votes(votes: str) -> Case:
+    """A FER+ file whose first row has these votes, beside the seed CSV."""
+    text = f"{fuzz.FERPLUS_HEADER}\nTraining,fer0000000.png,{votes}\n"
+    return Case(
+        {"fer2013.csv": SeedFile("fer2013.csv"), "fer2013new.csv": text.encode()}, {"labels": "ferplus"}
+    )
+
+
 def ensemble(spec: object) -> Case:
     """An ensemble spec beside the fixture checkpoint."""
     spec_bytes = spec if isinstance(spec, bytes) else json.dumps(spec).encode()
@@ -59,17 +64,22 @@ def ensemble(spec: object) -> Case:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _cleanup():
-    """The seeds and sandboxes live in one temporary folder for the module (Hypothesis draws need them
-    before any function-scoped fixture exists)."""
+def _workspace(tmp_path_factory: pytest.TempPathFactory):
+    """One folder for the module's seeds and sandboxes: Hypothesis draws need the seeds, and a draw cannot
+    take a function-scoped fixture."""
+    _SEEDS[""] = tmp_path_factory.mktemp("fuzz")
     yield
-    shutil.rmtree(_FOLDER, ignore_errors=True)
+    _SEEDS.clear()
+
+
+def sandbox(name: str) -> Path:
+    return _SEEDS[""] / name / "sandbox"
 
 
 def seeds(name: str):
     """The target's seed inputs, built once."""
     if name not in _SEEDS:
-        _SEEDS[name] = fuzz.build_seeds(fuzz.TARGETS[name], _FOLDER / name / "seeds")
+        _SEEDS[name] = fuzz.build_seeds(fuzz.TARGETS[name], _SEEDS[""] / name / "seeds")
     return _SEEDS[name]
 
 
@@ -80,7 +90,7 @@ def cases(name: str) -> st.SearchStrategy:
 def check(name: str, case) -> str:
     """The outcome ("valid" or "error"); any other is a test failure with the reader's traceback."""
     try:
-        return fuzz.attempt(fuzz.TARGETS[name], case, seeds(name), _FOLDER / name / "sandbox")[0]
+        return fuzz.attempt(fuzz.TARGETS[name], case, seeds(name), sandbox(name))[0]
     except fuzz.Failure as f:
         pytest.fail(f"{name}: {f}\n{f.detail}", pytrace=False)
     except fuzz.Timeout as t:
@@ -104,6 +114,10 @@ def test_gzip(case) -> None:
 @example(
     case=Case({"fer2013.csv": SeedFile("fer2013.csv"), "fer2013new.csv": b"a\rb,c\n"}, {"labels": "votes"})
 )
+@example(case=ferplus_votes("99999999999999999999,0,0,0,0,0,0,0,0,0"))  # OverflowError
+@example(
+    case=ferplus_votes(f"{2**62 - 1},{2**62 - 1},{2**62 - 1},{2**62 - 1},5,0,0,0,0,0")
+)  # a sum overflowed
 def test_ferplus(case) -> None:
     check("ferplus", case)
 
@@ -220,7 +234,7 @@ def test_a_gzip_bomb_is_refused_at_the_cap(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr("ferkit.data.csv_reader.MAX_BYTES", 1 << 20)
     bomb = Case({"fer2013.csv.gz": fuzz.gzip_bomb(2)}, {"skip_bad_rows": False, "same": False})
     target = fuzz.TARGETS["gzip"]
-    kind, message = fuzz.attempt(target, bomb, seeds("gzip"), _FOLDER / "gzip" / "sandbox")
+    kind, message = fuzz.attempt(target, bomb, seeds("gzip"), sandbox("gzip"))
     assert kind == "error" and "unpacks to more than 1 MiB" in message
 
 

@@ -14,6 +14,7 @@ from ferkit.errors import FerkitError
 
 FERPLUS_COLUMNS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt",
                    "unknown", "nf")  # fmt: skip
+MAX_VOTES = 1000  # per emotion and row: FER+ asked 10 annotators
 # FER+ vote column -> FER2013 label (contempt, unknown and not-a-face have none).
 FERPLUS_TO_FER2013 = {0: 6, 1: 3, 2: 5, 3: 4, 4: 0, 5: 1, 6: 2}
 
@@ -35,9 +36,12 @@ def read_votes(path: Path) -> tuple[np.ndarray, np.ndarray]:
         fields = line.decode("utf-8", "replace").split(",")
         try:
             votes[i] = [int(v) for v in fields[2:]]
-        except ValueError:
+            if votes[i].min() < 0 or votes[i].max() > MAX_VOTES:  # sums of huge votes would overflow
+                raise ValueError
+        except (ValueError, OverflowError):
             raise FerkitError(
-                f"{path}: line {i + 2}: votes must be integers: {line[:80].decode('utf-8', 'replace')!r}"
+                f"{path}: line {i + 2}: votes must be integers 0-{MAX_VOTES}: "
+                f"{line[:80].decode('utf-8', 'replace')!r}"
             ) from None
         usage.append(fields[0].strip())
     return votes, np.asarray(usage)

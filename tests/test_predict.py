@@ -80,7 +80,8 @@ def assert_boxes(boxes, positions) -> None:
 def assert_face_dicts(faces: list[dict], positions) -> None:
     assert_boxes([f["box"] for f in faces], positions)
     for f in faces:
-        assert set(f) == {"box", "emotion", "probabilities"}
+        assert set(f) - {"score"} == {"box", "emotion", "probabilities"}  # score: the detector's, if any
+        assert 0.0 <= f.get("score", 0.0) <= 1.0
         assert list(f["probabilities"]) == list(CLASS_NAMES)
         assert abs(sum(f["probabilities"].values()) - 1) < 1e-3
         assert f["emotion"] == max(f["probabilities"], key=f["probabilities"].get)

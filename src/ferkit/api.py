@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ferkit.apps.detectors import Detector, create_detector
 from ferkit.apps.fer_compat import FER
-from ferkit.apps.recognizer import Face, HaarSettings, Recognizer, backend_for, load_recognizer
+from ferkit.apps.recognizer import Face, Recognizer, backend_for, load_recognizer
 from ferkit.config import FIELDS, resolve_config
 from ferkit.data import FerDataset, load_dataset
 from ferkit.errors import FerkitError
@@ -46,9 +47,8 @@ def load(
     precision: str = "fp32",
     tta: str | None = None,
     batch_size: int = 64,
-    scale_factor: float = 1.1,
-    min_neighbors: int = 5,
-    min_face_size: int | None = None,
+    detector: str | Detector = "auto",
+    min_face: int | None = None,
 ) -> Recognizer:
     """A `Recognizer`: a model that finds the faces in images and tells their expressions.
 
@@ -61,10 +61,9 @@ def load(
             with bf16 units; probabilities differ slightly).
         tta: test-time augmentation, "none", "flip" or "tencrop"; None: the model's own.
         batch_size: faces per model batch.
-        scale_factor: the Haar cascade's step between image scales.
-        min_neighbors: how many overlapping detections a face needs.
-        min_face_size: the smallest face side in pixels; None: 1/25 of the image's shorter side, at
-            least 24.
+        detector: the face detector: "auto" (libfacedetection's CNN where its package is installed, else
+            OpenCV's Haar cascade), "libfacedetection", "haar", or a `ferkit.apps.detectors.Detector`.
+        min_face: the smallest face kept, in pixels (None: the detector's own limit).
 
     Raises:
         FerkitError: one line naming the model at fault (missing file, unknown name, not a model).
@@ -73,7 +72,8 @@ def load(
         >>> rec = ferkit.load("ferkit-fer2013-fast")
         >>> faces = rec.predict("photo.jpg")
     """
-    detector = HaarSettings(scale_factor, min_neighbors, min_face_size)
+    if isinstance(detector, str):
+        detector = create_detector(detector, min_face)
     return load_recognizer(
         model,
         backend=backend,

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ferkit.apps.faces import Box, detect_faces, to_gray
+from ferkit.apps.faces import MIN_NEIGHBORS, SCALE_FACTOR, Box, detect_faces, to_gray
 from ferkit.errors import FerkitError
 
 AUTO = "auto"
@@ -94,12 +94,32 @@ class Detector(ABC):
 
 
 class HaarDetector(Detector):
-    """OpenCV's frontal-face Haar cascade with ferkit's settings (`ferkit.apps.faces.detect_faces`)."""
+    """OpenCV's frontal-face Haar cascade (`ferkit.apps.faces.detect_faces`): `scale_factor` is the step
+    between image scales, `min_neighbors` how many overlapping windows a face needs, `cascade_file` another
+    cascade than OpenCV's frontal-face one; `min_face` None: 1/25 of the image's shorter side, at least 24."""
 
     name = "haar"
 
+    def __init__(
+        self,
+        min_face: int | None = None,
+        scale_factor: float = SCALE_FACTOR,
+        min_neighbors: int = MIN_NEIGHBORS,
+        cascade_file: str | None = None,
+    ) -> None:
+        super().__init__(min_face)
+        if not scale_factor > 1:
+            raise FerkitError(f"scale_factor {scale_factor}: must be above 1 (e.g. 1.1)")
+        if min_neighbors < 0:
+            raise FerkitError(f"min_neighbors {min_neighbors}: must be at least 0")
+        self.scale_factor = scale_factor
+        self.min_neighbors = min_neighbors
+        self.cascade_file = str(cascade_file) if cascade_file else None
+
     def _detect(self, image: np.ndarray) -> list[Detection]:
-        return [Detection(box) for box in detect_faces(to_gray(image), min_size=self.min_face)]
+        gray = to_gray(image)
+        boxes = detect_faces(gray, self.scale_factor, self.min_neighbors, self.min_face, self.cascade_file)
+        return [Detection(box) for box in boxes]
 
 
 class LibfacedetectionDetector(Detector):
@@ -145,6 +165,12 @@ class LibfacedetectionDetector(Detector):
 _CLASSES: dict[str, type[Detector]] = {c.name: c for c in (LibfacedetectionDetector, HaarDetector)}
 DETECTORS: tuple[str, ...] = tuple(_CLASSES)  # best first
 _NOTICES: set[str] = set()  # the notices already printed in this process
+
+
+@functools.cache
+def default_detector() -> Detector:
+    """The "auto" detector without a face-size limit, made once a process (it is stateless)."""
+    return create_detector(AUTO)
 
 
 def create_detector(name: str = AUTO, min_face: int | None = None) -> Detector:

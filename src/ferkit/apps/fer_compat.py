@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ferkit.apps.detectors import HaarDetector, create_detector
 from ferkit.apps.faces import crop_face, to_gray, upright_image
-from ferkit.apps.recognizer import FaceCrop, HaarSettings, ImageInput, gray_of, load_recognizer
+from ferkit.apps.recognizer import FaceCrop, ImageInput, gray_of, load_recognizer
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 
@@ -33,10 +34,10 @@ class FER:
 
     fer's keywords are taken: `cascade_file`, `scale_factor`, `min_neighbors` and `min_face_size` set the
     Haar cascade (`min_face_size` None: 1/25 of the image's shorter side, at least 24 px; fer's own
-    default is 50 px); `mtcnn=True` warns and uses the cascade (ferkit has no MTCNN); `offsets` warns and
-    is ignored (ferkit crops each face as its models were trained: the detector's box, no margin);
-    `tfserving=True` is refused. `model` is anything `ferkit.load` takes (None: the shipped default);
-    `device`, `precision` and `tta` as there.
+    default is 50 px); `mtcnn=True` asks for a neural detector: ferkit's best (`create_detector("auto")`);
+    `offsets` warns and is ignored (ferkit crops each face as its models were trained: the detector's
+    box, no margin); `tfserving=True` is refused. `model` is anything `ferkit.load` takes (None: the
+    shipped default); `device`, `precision` and `tta` as there.
 
     Examples:
         >>> from ferkit import FER
@@ -62,18 +63,18 @@ class FER:
     ) -> None:
         if tfserving:
             raise FerkitError("FER(tfserving=True): ferkit runs its own model in-process; drop tfserving")
-        if mtcnn:
-            warnings.warn(
-                "FER(mtcnn=True): ferkit has no MTCNN; faces are found with OpenCV's Haar cascade",
-                stacklevel=2,
-            )
         if offsets is not None:
             warnings.warn(
                 "FER(offsets=...) is ignored: ferkit crops each face as its models were trained "
                 "(the detector's box, no margin)",
                 stacklevel=2,
             )
-        detector = HaarSettings(scale_factor, min_neighbors, min_face_size, cascade_file)
+        # fer's default is OpenCV's Haar cascade; mtcnn=True asks for a neural detector: ferkit's best
+        detector = (
+            create_detector("auto", min_face_size)
+            if mtcnn
+            else HaarDetector(min_face_size, scale_factor, min_neighbors, cascade_file)
+        )
         self.recognizer = load_recognizer(
             model, device=device, precision=precision, tta=tta, detector=detector
         )

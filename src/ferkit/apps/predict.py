@@ -87,13 +87,19 @@ class _Batcher:
         batch_size: int,
         annotate_dir: Path | None,
         explain_dir: Path | None = None,
+        detector: Any = None,
     ) -> None:
         from ferkit.apps.recognizer import FaceBatcher  # torch: only once there is work
 
         self.batcher = FaceBatcher(predictor, tta, batch_size)
+        self.detector = detector  # a `ferkit.apps.detectors.Detector`; None: the default one
         self.annotate_dir = annotate_dir
         self.annotations: list[tuple[Any, list[dict[str, Any]], Path]] = []
         self.explain_dir = explain_dir
+        if explain_dir is not None:
+            from ferkit.runtime.explain import check_explainable
+
+            check_explainable(predictor)  # before any work: an ONNX model has no gradients
         self.explain_stems: set[str] = set()
         self.to_explain: list[tuple[np.ndarray, dict[str, Any], str]] = []
 
@@ -154,7 +160,7 @@ def _faces_of(
 ) -> list[dict[str, Any]]:
     from ferkit.apps.recognizer import face_crops
 
-    crops = face_crops(gray, detect)
+    crops = face_crops(gray, detect, batcher.detector)
     if explain_stem is None:
         return [batcher.add(crop) for crop in crops]
     return [batcher.add(crop, f"{explain_stem}-face{k}") for k, crop in enumerate(crops, 1)]
@@ -180,13 +186,14 @@ def predict_image(
     detect: bool = True,
     batch_size: int = 64,
     name: str | None = None,
+    detector: Any = None,
 ) -> dict[str, Any]:
     """Faces and emotions of one image file: `{"image", "faces": [...]}` (plus `"note"`), exactly the entry
     `ferkit predict --format json` gives it. `name` replaces the path in `"image"` (e.g. an upload's name).
 
     FerkitError (naming `path`) for a file that is not a readable image, or a possible decompression bomb.
     """
-    batcher = _Batcher(predictor, tta, batch_size, None)
+    batcher = _Batcher(predictor, tta, batch_size, None, detector=detector)
     result = _predict_image(Path(path), batcher, detect, None)
     batcher.flush()
     if name is not None:
@@ -295,6 +302,7 @@ def predict_paths(
     precision: str = "fp32",
     video: VideoOptions | None = None,
     explain_dir: str | Path | None = None,
+    detector: Any = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Faces and emotions of every image and video under `paths`, and one error line per failed input.
 
@@ -306,8 +314,9 @@ def predict_paths(
     `backend` "onnx": `model_path` is an `.onnx` file written by `ferkit export` (ONNX Runtime, CPU).
     `precision` bf16/fp16: the torch backend under autocast (faster on CPUs with bf16 units).
     `explain_dir`: each image face's crop with the class activation map (Grad-CAM) of its predicted emotion
-    is written there as `<image stem>-face<k>-<Emotion>.png` (images only; a torch model).
-    Raises FerkitError when there is nothing to process (e.g. an empty folder) or the model cannot load.
+    is written there as `<image stem>-face<k>-<Emotion>.png` (images only; a torch model). `detector`: a
+    `ferkit.apps.detectors.Detector` (None: "auto"). Raises FerkitError when there is nothing to process
+    or the model cannot load.
     """
     import cv2
     from tqdm import tqdm
@@ -330,13 +339,9 @@ def predict_paths(
     out_dir = output_folder(annotate_dir, "--annotate")
     explain_out = output_folder(explain_dir, "--explain")
     predictor, default_tta, _ = load_model(model_path, backend, device, precision)
-    if explain_out is not None:
-        from ferkit.runtime.explain import check_explainable
-
-        check_explainable(predictor)
-    batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir, explain_out)
+    batcher = _Batcher(predictor, tta or default_tta, batch_size, out_dir, explain_out, detector)
     video = replace(video or VideoOptions(), detect=detect, annotate_dir=out_dir, quiet=not progress or None)
-    rec = Recognizer(predictor, tta or default_tta, batch_size)
+    rec = Recognizer(predictor, tta or default_tta, batch_size, detector)
 
     results: list[dict[str, Any]] = []
     used_names: set[str] = set()

@@ -15,12 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ferkit.apps.detectors import Detector, default_detector
 from ferkit.apps.faces import (
-    MIN_NEIGHBORS,
-    SCALE_FACTOR,
     Box,
     crop_face,
-    detect_faces,
     is_image,
     load_image,
     resize_gray,
@@ -124,40 +122,15 @@ class Explanation(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- finding faces
-@dataclass(frozen=True)
-class HaarSettings:
-    """Settings of the face finder (OpenCV's Haar cascade, `ferkit.apps.faces.detect_faces`).
-
-    `min_face_size` is the smallest face side in pixels (None: 1/25 of the image's shorter side, at
-    least 24); `cascade_file` another Haar cascade than OpenCV's frontal-face one.
-    """
-
-    scale_factor: float = SCALE_FACTOR
-    min_neighbors: int = MIN_NEIGHBORS
-    min_face_size: int | None = None
-    cascade_file: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.scale_factor > 1:
-            raise FerkitError(f"scale_factor {self.scale_factor}: must be above 1 (e.g. 1.1)")
-        if self.min_neighbors < 0:
-            raise FerkitError(f"min_neighbors {self.min_neighbors}: must be at least 0")
-        if self.min_face_size is not None and self.min_face_size < 1:
-            raise FerkitError(f"min_face_size {self.min_face_size}: must be at least 1 pixel")
-
-    def find(self, gray: np.ndarray) -> list[Box]:
-        """The faces' boxes in a uint8 gray image, left to right."""
-        cascade = str(self.cascade_file) if self.cascade_file else None
-        return detect_faces(gray, self.scale_factor, self.min_neighbors, self.min_face_size, cascade)
-
-
-def face_crops(gray: np.ndarray, detect: bool = True, detector: HaarSettings | None = None) -> list[FaceCrop]:
-    """The faces of a uint8 gray image, cropped square to 48x48; `detect=False`: the whole image is one
-    face (box `(0, 0, W, H)`)."""
+def face_crops(gray: np.ndarray, detect: bool = True, detector: Detector | None = None) -> list[FaceCrop]:
+    """The faces of a uint8 gray image, found by `detector` (None: `default_detector()`) and cropped
+    square to 48x48, each with the detector's confidence; `detect=False`: the whole image is one face
+    (box `(0, 0, W, H)`)."""
     if not detect:
         h, w = gray.shape[:2]
         return [FaceCrop((0, 0, w, h), resize_gray(gray))]
-    return [FaceCrop(box, crop_face(gray, box)) for box in (detector or HaarSettings()).find(gray)]
+    found = (detector or default_detector())(gray)
+    return [FaceCrop(d.box, crop_face(gray, d.box), d.score) for d in found]
 
 
 class FaceBatcher:
@@ -297,7 +270,7 @@ class Recognizer:
         predictor: Predictor | OnnxPredictor,
         tta: str = "none",
         batch_size: int = 64,
-        detector: HaarSettings | None = None,
+        detector: Detector | None = None,
         model_path: str = "",
     ) -> None:
         if tta not in TTA_MODES:
@@ -307,7 +280,7 @@ class Recognizer:
         self.predictor = predictor
         self.tta = tta
         self.batch_size = batch_size
-        self.detector = detector or HaarSettings()
+        self.detector = detector or default_detector()
         self.model_path = model_path
 
     @property
@@ -432,7 +405,7 @@ def load_recognizer(
     precision: str = "fp32",
     tta: str | None = None,
     batch_size: int = 64,
-    detector: HaarSettings | None = None,
+    detector: Detector | None = None,
 ) -> Recognizer:
     """A `Recognizer` for anything `ferkit predict --model_path` takes (None: the shipped default);
     `backend` None: onnx for an `.onnx` file, else torch; `tta` None: the model's own."""

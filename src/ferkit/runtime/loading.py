@@ -16,6 +16,7 @@ from ferkit.runtime.model_card import SHIPPED_CARD, is_model_card, model_from_ca
 from ferkit.runtime.onnx import load_onnx_predictor
 from ferkit.runtime.predictor import CheckpointModel, Predictor, flatten, members_and_weights, voting_weights
 from ferkit.utils.device import autocast_dtype, select_device
+from ferkit.utils.paths import exists, is_file
 
 ENSEMBLE_FORMAT = "ferkit-ensemble"
 
@@ -41,7 +42,7 @@ def save_ensemble_spec(
 
 def read_model_json(path: Path) -> dict[str, Any]:
     """The JSON object of an ensemble spec or model card; FerkitError naming the file otherwise."""
-    if not path.is_file():
+    if not is_file(path):
         raise FerkitError(f"{path}: model file not found")
     try:
         obj = json.loads(path.read_text())
@@ -84,7 +85,7 @@ def is_ensemble_spec(path: str | Path) -> bool:
 
 def _names_a_file(path: str | Path) -> bool:
     """A path that exists or has a suffix is a file; otherwise it may be a shipped model's name."""
-    return Path(path).exists() or bool(Path(path).suffix)
+    return exists(path) or bool(Path(path).suffix)
 
 
 def is_shipped_name(path: str | Path) -> bool:

@@ -22,6 +22,7 @@ from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ferkit.runtime.predictor import CheckpointModel, Ensemble, voting_weights
+from ferkit.utils.paths import is_file
 
 CARD_FORMAT = "ferkit-model-card"
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
@@ -73,7 +74,7 @@ def model_from_card(
             f"{card_path}: model classes {card['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
         )
     weights_path = card_path.parent / name
-    if not weights_path.is_file():
+    if not is_file(weights_path):
         raise FerkitError(f"{card_path}: its weights file {weights_path} is missing")
     if card.get("sha256") and sha256(weights_path) != card["sha256"]:
         raise FerkitError(f"{weights_path}: checksum differs from its card {card_path} (damaged or replaced)")

@@ -13,6 +13,7 @@ import numpy as np
 
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES
 from ferkit.errors import FerkitError
+from ferkit.utils.paths import is_file
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probs"
@@ -66,7 +67,7 @@ class OnnxPredictor:
     def __init__(self, path: str | Path, threads: int = 0) -> None:
         self.path = str(path)
         p = Path(path)
-        if not p.is_file():
+        if not is_file(p):
             raise FerkitError(f"{p}: ONNX model not found")
         self.session = onnx_session(str(p), str(p), threads)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

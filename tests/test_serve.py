@@ -244,6 +244,17 @@ def test_faces_of_concurrent_requests_are_batched_and_map_back(tiny_checkpoint, 
     assert depth == 0
 
 
+def test_memory_stays_flat_over_many_requests(client, photo) -> None:
+    """Nothing a request touches stays behind (the face detector once kept ~1 MB of every photo)."""
+    data = photo.read_bytes()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: post(client, data, "group.png"), range(20)))
+        before = rss_mb()
+        statuses = list(pool.map(lambda _: post(client, data, "group.png").status_code, range(120)))
+    assert statuses == [200] * 120
+    assert rss_mb() - before < 30, (before, rss_mb())
+
+
 def test_metrics_are_prometheus_text_and_health_names_no_path(client, photo) -> None:
     assert post(client, photo.read_bytes(), "group.png").status_code == 200
     assert post(client, b"", "empty.png").status_code == 400
@@ -361,6 +372,59 @@ def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
     status_line, *lines = head.decode().split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
     return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MiB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def response_head(sock: socket.socket) -> bytes:
+    head = b""
+    while b"\r\n\r\n" not in head and (chunk := sock.recv(4096)):
+        head += chunk
+    return head
+
+
+def test_huge_uploads_are_refused_at_once_without_memory(live_server) -> None:
+    """A 60 MB body: 413 from its Content-Length before any of it is read, or, streamed without one, once
+    it passes the limit; the server (in this process) never holds it."""
+    host, port = live_server.removeprefix("http://").rstrip("/").split(":")
+    size, start_rss, peak = 60 * 2**20, rss_mb(), [0.0]
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.is_set():
+            peak[0] = max(peak[0], rss_mb())
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        start = time.monotonic()
+        sock.sendall(f"{head}Content-Length: {size}\r\n\r\n".encode() + b"\0" * 65536)
+        answer = response_head(sock)
+        took = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 413") and took < 1.0, (answer, took)
+    assert peak[0] - start_rss < 5, (start_rss, peak[0])  # none of the body was kept
+
+    with socket.create_connection((host, int(port)), timeout=30) as sock:  # chunked: no Content-Length
+        sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n".encode())
+        chunk = f"{2**20:x}\r\n".encode() + b"\0" * 2**20 + b"\r\n"
+        sent = 0
+        with contextlib.suppress(OSError):  # the server may close once it has answered
+            for _ in range(size // 2**20):
+                sock.sendall(chunk)
+                sent += 1
+        answer = response_head(sock)
+    sampling.set()
+    sampler.join()
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert peak[0] - start_rss < 30, (start_rss, peak[0], sent)  # at most the 10 MB limit, not 60 MB
 
 
 def test_full_queue_is_503_with_retry_after_at_once_and_slow_requests_time_out(

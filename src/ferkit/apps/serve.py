@@ -41,6 +41,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ferkit.apps.predict import COLORS, NO_FACE
 from ferkit.errors import FerkitError
 
@@ -341,7 +343,8 @@ class FaceQueue:
         start = 0
         for job in batch:
             done = None if error else faces[start : start + len(job.crops)]
-            job.loop.call_soon_threadsafe(_settle, job.future, done, error)
+            with contextlib.suppress(RuntimeError):  # its event loop has closed: the server is stopping
+                job.loop.call_soon_threadsafe(_settle, job.future, done, error)
             start += len(job.crops)
 
 
@@ -350,54 +353,46 @@ def busy(message: str) -> tuple[int, dict[str, Any], dict[str, str]]:
     return 503, {"error": message}, {"Retry-After": RETRY_AFTER}
 
 
+def load_served_model(settings: ServeSettings) -> tuple[Any, dict[str, Any]]:
+    """The `Recognizer` of `settings` (its batches `max_batch` faces) and the server's /health answer."""
+    from ferkit.apps.recognizer import load_recognizer  # torch: only once a server starts
+
+    recognizer = load_recognizer(
+        settings.model_path,
+        backend=settings.backend,
+        device=settings.device,
+        precision=settings.precision,
+        tta=settings.tta,
+        batch_size=settings.max_batch,
+    )
+    health = {
+        "status": "ok",
+        "model": model_name(recognizer.model_path),
+        "arch": recognizer.arch,
+        "backend": settings.backend,
+        "precision": settings.precision,
+        "tta": recognizer.tta,
+    }
+    return recognizer, health
+
+
 class Service:
     """One server process's model, threads and counters; `answer` runs one POST /predict."""
 
     def __init__(self, settings: ServeSettings) -> None:
-        from ferkit.apps.recognizer import load_recognizer  # torch: only once a server starts
-
         self.settings = settings
-        self.recognizer = load_recognizer(
-            settings.model_path,
-            backend=settings.backend,
-            device=settings.device,
-            precision=settings.precision,
-            tta=settings.tta,
-            batch_size=settings.max_batch,
-        )
-        rec = self.recognizer
-        self.health = {
-            "status": "ok",
-            "model": model_name(rec.model_path),
-            "arch": rec.arch,
-            "backend": settings.backend,
-            "precision": settings.precision,
-            "tta": rec.tta,
-        }
+        self.recognizer, self.health = load_served_model(settings)
+        self.recognizer.classify(np.zeros((1, 48, 48), np.uint8))  # the first call prepares the model
         self.metrics = ServeMetrics()
         self.pending = 0  # requests admitted, not yet answered (event loop's thread only)
         self.detect_lock = threading.Lock()
-        self.pool: ThreadPoolExecutor | None = None
-        self.faces: FaceQueue | None = None
-
-    def start(self) -> None:
-        """The decode/detect threads and the model's thread (a few faces classified once: the model's
-        first call prepares it, so no request waits for that)."""
-        import numpy as np
-
-        from ferkit.apps.recognizer import FaceCrop
-
-        self.recognizer.faces_of([FaceCrop((0, 0, 48, 48), np.zeros((48, 48), np.uint8))])
         self.pool = ThreadPoolExecutor(available_cpus(), thread_name_prefix="ferkit-detect")
-        self.faces = FaceQueue(
-            self.recognizer, self.settings.max_batch, self.settings.batch_wait_ms / 1000, self.metrics
-        )
+        wait_s = settings.batch_wait_ms / 1000
+        self.faces = FaceQueue(self.recognizer, settings.max_batch, wait_s, self.metrics)
 
     def stop(self) -> None:
-        if self.faces is not None:
-            self.faces.stop()
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.faces.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def answer(self, request: Any, detect: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
         """(status, JSON body, headers) for one POST /predict."""
@@ -432,7 +427,6 @@ class Service:
     async def predict(self, request: Any, detect: bool) -> dict[str, Any]:
         """The predict JSON of the uploaded image: read, checked, faces found off the event loop, then
         classified with other requests' faces."""
-        assert self.faces is not None and self.pool is not None, "Service.start() first"
         self.faces.upstream += 1
         try:
             data, name = await read_upload(request)
@@ -496,7 +490,6 @@ def app_for(settings: ServeSettings):
     from fastapi.responses import HTMLResponse, JSONResponse, Response
 
     service = Service(settings)
-    service.start()
     html = page_html()
 
     @contextlib.asynccontextmanager
@@ -581,7 +574,7 @@ def serve(
     if workers < 1:
         raise FerkitError(f"--workers {workers}: must be at least 1")
     app = app_for(settings) if workers == 1 else None
-    info = app.state.health if app is not None else Service(settings).health  # workers: checks the model
+    info = app.state.health if app is not None else load_served_model(settings)[1]  # checks the model
     import uvicorn
 
     sock = bind(host, port)

@@ -55,6 +55,9 @@ SETTINGS_ENV = "FERKIT_SERVE_SETTINGS"  # how `--workers` processes get the sett
 RETRY_AFTER = "1"  # seconds, in every 503
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# Face detectors (`ferkit.apps.detectors` names) whose calls may run in several threads at once: no state
+# shared between calls once one has run. OpenCV's cascade is not one (it fails on concurrent calls).
+CONCURRENT_DETECTORS = ("libfacedetection",)
 log = logging.getLogger("uvicorn.error")
 
 
@@ -382,10 +385,12 @@ class Service:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
         self.recognizer, self.health = load_served_model(settings)
-        self.recognizer.classify(np.zeros((1, 48, 48), np.uint8))  # the first call prepares the model
+        self.recognizer.face_crops(np.zeros((64, 64), np.uint8))  # first calls prepare the detector
+        self.recognizer.classify(np.zeros((1, 48, 48), np.uint8))  # and the model
         self.metrics = ServeMetrics()
         self.pending = 0  # requests admitted, not yet answered (event loop's thread only)
-        self.detect_lock = threading.Lock()
+        concurrent = getattr(self.recognizer.detector, "name", None) in CONCURRENT_DETECTORS
+        self.detect_lock = contextlib.nullcontext() if concurrent else threading.Lock()
         self.pool = ThreadPoolExecutor(available_cpus(), thread_name_prefix="ferkit-detect")
         wait_s = settings.batch_wait_ms / 1000
         self.faces = FaceQueue(self.recognizer, settings.max_batch, wait_s, self.metrics)
@@ -443,8 +448,8 @@ class Service:
         return result
 
     def find_faces(self, data: bytes, name: str, detect: bool) -> list[Any]:
-        """The face crops of an upload (decoded upright as `ferkit predict` reads files, then its faces found,
-        one image at a time); errors name the upload."""
+        """The face crops of an upload (decoded upright as `ferkit predict` reads files, then its faces
+        found); errors name the upload."""
         from ferkit.apps.recognizer import gray_of
 
         with tempfile.TemporaryDirectory(prefix="ferkit-serve-") as tmp:
@@ -452,7 +457,7 @@ class Service:
             path.write_bytes(data)
             try:
                 gray = gray_of(path)
-                with self.detect_lock:  # detectors hold state (OpenCV's cascade): one image at a time
+                with self.detect_lock:  # one image at a time, unless the detector allows more
                     return self.recognizer.face_crops(gray, detect)
             except FerkitError as e:
                 message = str(e).replace(str(path), name)

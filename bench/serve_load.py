@@ -139,7 +139,7 @@ class Server:
         return total / 1024
 
     def stop(self) -> None:
-        self.proc.send_signal(2)  # SIGINT, as Ctrl+C
+        self.proc.terminate()  # SIGTERM: uvicorn shuts down gracefully
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:

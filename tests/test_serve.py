@@ -29,11 +29,13 @@ import pytest
 from PIL import Image
 from test_predict import DETECTABLE, GROUP, HEIGHT, WIDTH, assert_face_dicts, paste
 
+from ferkit.apps.detectors import create_detector
 from ferkit.apps.predict import COLORS, predict_paths
 from ferkit.apps.serve import MAX_UPLOAD, create_app, model_name
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.loading import load_model
+from tests.conftest import assert_one_line_error
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -294,6 +296,8 @@ def test_cli_errors_before_the_server_starts(tmp_path, tiny_checkpoint) -> None:
         (["--timeout_s", "0"], "--timeout_s 0.0: must be a number of seconds above 0"),
         (["--batch_wait_ms", "-1"], "--batch_wait_ms -1.0: must be 0 to 1000"),
         (["--model_path", str(tiny_checkpoint), "--workers", "0"], "--workers 0: must be at least 1"),
+        (["--detector", "nope"], "detector 'nope': unknown"),  # before the model loads
+        (["--detector", "haar", "--min_face", "0"], "min_face 0: must be at least 1"),
     ]
     for argv, needle in cases:
         args = serve_args(*argv)
@@ -308,6 +312,32 @@ def test_cli_errors_before_the_server_starts(tmp_path, tiny_checkpoint) -> None:
         args = serve_args("--model_path", str(tiny_checkpoint), "--device", "cpu", "--port", str(port))
         with pytest.raises(FerkitError, match=f"cannot listen on 127.0.0.1:{port}"):
             args.func(args)
+
+
+def test_detector_options_reach_the_recognizer(tiny_checkpoint, photo, monkeypatch, capsys) -> None:
+    """`ferkit serve --detector haar` finds the faces with OpenCV's cascade (no `score`), as `ferkit predict
+    --detector haar` does; `--min_face` drops the faces smaller than it."""
+    import httpx
+
+    argv = ("--model_path", str(tiny_checkpoint), "--detector", "haar")
+    with running_server(monkeypatch, capsys, *argv) as url:
+        assert httpx.get(f"{url}health").json()["detector"] == "haar"
+        result = httpx.post(f"{url}predict", files={"file": ("group.png", photo.read_bytes())}).json()
+    assert_face_dicts(result["faces"], GROUP)
+    assert all("score" not in face for face in result["faces"])  # the cascade gives none
+    (expected,), _ = predict_paths(
+        [photo], str(tiny_checkpoint), device="cpu", progress=False, detector=create_detector("haar")
+    )
+    assert result == {**expected, "image": "group.png"}
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(str(tiny_checkpoint), detector="haar", min_face=400)) as small:
+        assert post(small, photo.read_bytes()).json()["faces"] == []  # the faces are 160 px
+
+
+def test_unknown_detector_is_one_line(run_ferkit) -> None:
+    proc = run_ferkit("serve", "--detector", "nope", "--port", "0")
+    assert_one_line_error(proc, "detector 'nope': unknown (known: auto,")
 
 
 # ----------------------------------------------------------------------------- the page, in Chromium

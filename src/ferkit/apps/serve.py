@@ -1,10 +1,15 @@
 """`ferkit serve`: a web page and a JSON API around one model, built to take many requests at once.
 
-`GET /` is one self-contained page (no outside assets): upload a photo or capture a webcam frame, see the
+`GET /` is one self-contained page (no outside assets): upload a photo or stream the webcam, see the
 faces boxed and each face's emotions as bars. `POST /predict` (multipart field `file`) answers exactly the
 entry `ferkit predict --format json` gives an image; `GET /health` names the model (its shipped name or
-its file's name, never a path on the server); `GET /metrics` is Prometheus text. The model is loaded
-once, before the server listens.
+its file's name, never a path on the server) and the face detector; `GET /metrics` is Prometheus text.
+The model is loaded once, before the server listens.
+
+Webcam frames come with `?session=ID&smooth=SECONDS`: the server keeps one face tracker per session (the
+tracker and smoothing `ferkit predict` applies to a video's frames, `ferkit.apps.video`), so each face
+gets its `track` id and its track's probabilities averaged over the last SECONDS. At most MAX_SESSIONS
+sessions are kept (the least recently used is dropped), and one idle for SESSION_IDLE_S is forgotten.
 
 A request is admitted while fewer than `queue_size` are in the server, else it gets 503 with Retry-After
 at once. Its upload is read and checked, then decoded and its faces found on a few threads, outside the
@@ -29,11 +34,13 @@ import logging
 import math
 import os
 import queue
+import re
 import socket
 import tempfile
 import threading
 import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -58,6 +65,15 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Face detectors (`ferkit.apps.detectors` names) whose calls may run in several threads at once: no state
 # shared between calls once one has run. OpenCV's cascade is not one (it fails on concurrent calls).
 CONCURRENT_DETECTORS = ("libfacedetection",)
+# Webcam sessions: each holds a face tracker and its tracks' recent probabilities (a few kB).
+MAX_SESSIONS = 64  # past this, the least recently used session is dropped
+SESSION_IDLE_S = 60.0  # a session without a frame for this long is dropped
+# The frame rate a session's tracker assumes: a track lives on this many frames times
+# `ferkit.apps.video.TRACK_MEMORY_SECONDS` without its face (norfair counts frames, not seconds).
+WEBCAM_FPS = 10.0
+DEFAULT_SMOOTH = 1.0  # seconds, when a session's frame does not say
+MAX_SMOOTH = 10.0
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 log = logging.getLogger("uvicorn.error")
 
 
@@ -184,7 +200,8 @@ class ServeSettings:
 
     `max_batch`: most faces the model classifies at once; `batch_wait_ms`: how long the model waits for
     other requests' faces to fill a batch (only while more requests are on their way); `queue_size`: most
-    requests in the server at once (past it: 503 at once); `timeout_s`: a request's time limit (then 503).
+    requests in the server at once (past it: 503 at once); `timeout_s`: a request's time limit (then 503);
+    `detector` and `min_face`: the face detector, as `ferkit.apps.detectors.create_detector` takes them.
     """
 
     model_path: str | None = None
@@ -196,6 +213,8 @@ class ServeSettings:
     batch_wait_ms: float = 5.0
     queue_size: int = 32
     timeout_s: float = 30.0
+    detector: str = "auto"
+    min_face: int | None = None
 
     def __post_init__(self) -> None:
         for option, value in (("--max_batch", self.max_batch), ("--queue_size", self.queue_size)):
@@ -242,6 +261,7 @@ class ServeMetrics:
         self.batch_faces = Histogram(
             "ferkit_batch_faces", "faces per batch the model ran", buckets=BATCH_BUCKETS, registry=reg
         )
+        self.sessions = Gauge("ferkit_webcam_sessions", "webcam sessions with a face tracker", registry=reg)
 
     def answered(self, status: int, seconds: float) -> None:
         self.requests.labels(str(status)).inc()
@@ -351,15 +371,113 @@ class FaceQueue:
             start += len(job.crops)
 
 
+# ----------------------------------------------------------------------------- webcam sessions
+@dataclass(frozen=True)
+class Tracking:
+    """A webcam frame's session id and how many seconds of its tracks' probabilities to average."""
+
+    session: str
+    smooth: float
+
+
+def tracking_of(session: str | None, smooth: str | None) -> Tracking | None:
+    """The `session` and `smooth` query parameters, checked (400 naming the bad one); None without a
+    session (a photo: answered alone, as `ferkit predict` answers it)."""
+    if session is None:
+        if smooth is not None:
+            raise UploadError(400, "smooth needs a session: send ?session=ID&smooth=SECONDS")
+        return None
+    if not SESSION_ID.fullmatch(session):
+        raise UploadError(400, f"session {session[:80]!r}: expected 8 to 64 letters, digits, '-' or '_'")
+    try:
+        seconds = DEFAULT_SMOOTH if smooth is None else float(smooth)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SMOOTH):
+        raise UploadError(400, f"smooth {smooth[:80]!r}: must be 0 to {MAX_SMOOTH:g} seconds")
+    return Tracking(session, seconds)
+
+
+@dataclass
+class _Session:
+    """One webcam session's face tracker, its tracks' smoother, and when its last frame came."""
+
+    tracker: Any  # ferkit.apps.video.FaceTracker
+    smoother: Any  # ferkit.apps.video.Smoother
+    seen: float  # time.monotonic()
+
+
+def forget_stale_tracks(smoother: Any, now: float) -> None:
+    """Drop the history of tracks without a frame in the smoothing window ending `now`: the smoother would
+    drop it at their next frame anyway, and a long session keeps only its recent tracks."""
+    stale = [t for t, h in smoother.history.items() if h and h[-1][0] <= now - smoother.seconds]
+    for track in stale:
+        del smoother.history[track]
+
+
+class WebcamSessions:
+    """Each webcam session's tracker and smoother (`ferkit.apps.video`'s, as `ferkit predict` uses on a
+    video), for the `limit` most recently used sessions, each forgotten after `idle_s` without a frame.
+    Used from the event loop's thread only, so a session's frames are tracked one after another."""
+
+    def __init__(self, limit: int = MAX_SESSIONS, idle_s: float = SESSION_IDLE_S) -> None:
+        self.limit = limit
+        self.idle_s = idle_s
+        self.sessions: OrderedDict[str, _Session] = OrderedDict()  # least recently used first
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def expire(self, now: float) -> None:
+        """Drop the sessions idle for `idle_s` or more."""
+        while self.sessions and now - next(iter(self.sessions.values())).seen >= self.idle_s:
+            self.sessions.popitem(last=False)
+
+    async def session(self, tracking: Tracking, pool: ThreadPoolExecutor) -> _Session:
+        """`tracking`'s session, made on its first frame (norfair's import, about 1.5 s the first time,
+        runs on `pool`, off the event loop); the least recently used one dropped past `limit`."""
+        from ferkit.apps.video import FaceTracker, Smoother
+
+        state = self.sessions.get(tracking.session)
+        if state is None:
+            try:
+                tracker = await asyncio.get_running_loop().run_in_executor(pool, FaceTracker, WEBCAM_FPS)
+            except FerkitError as e:  # norfair is not installed
+                raise UploadError(501, str(e)) from None
+            state = self.sessions.setdefault(
+                tracking.session, _Session(tracker, Smoother(tracking.smooth), time.monotonic())
+            )
+            while len(self.sessions) > self.limit:
+                self.sessions.popitem(last=False)
+        if state.smoother.seconds != tracking.smooth:
+            state.smoother = Smoother(tracking.smooth)
+        return state
+
+    async def track(self, tracking: Tracking, faces: list[Any], pool: ThreadPoolExecutor) -> list[Any]:
+        """One webcam frame's faces, each with its `track` id and its track's smoothed probabilities."""
+        from ferkit.apps.video import track_faces
+
+        self.expire(time.monotonic())
+        state = await self.session(tracking, pool)
+        now = time.monotonic()
+        state.seen = now
+        self.sessions.move_to_end(tracking.session)
+        forget_stale_tracks(state.smoother, now)
+        return track_faces(faces, state.tracker, state.smoother, now)
+
+
 # ----------------------------------------------------------------------------- one server process
 def busy(message: str) -> tuple[int, dict[str, Any], dict[str, str]]:
     return 503, {"error": message}, {"Retry-After": RETRY_AFTER}
 
 
 def load_served_model(settings: ServeSettings) -> tuple[Any, dict[str, Any]]:
-    """The `Recognizer` of `settings` (its batches `max_batch` faces) and the server's /health answer."""
+    """The `Recognizer` of `settings` (its batches `max_batch` faces, its faces found by `settings`'
+    detector) and the server's /health answer. A bad detector is an error before the model loads."""
+    from ferkit.apps.detectors import create_detector
     from ferkit.apps.recognizer import load_recognizer  # torch: only once a server starts
 
+    detector = create_detector(settings.detector, settings.min_face)
     recognizer = load_recognizer(
         settings.model_path,
         backend=settings.backend,
@@ -367,6 +485,7 @@ def load_served_model(settings: ServeSettings) -> tuple[Any, dict[str, Any]]:
         precision=settings.precision,
         tta=settings.tta,
         batch_size=settings.max_batch,
+        detector=detector,
     )
     health = {
         "status": "ok",
@@ -375,6 +494,7 @@ def load_served_model(settings: ServeSettings) -> tuple[Any, dict[str, Any]]:
         "backend": settings.backend,
         "precision": settings.precision,
         "tta": recognizer.tta,
+        "detector": detector.name,
     }
     return recognizer, health
 
@@ -394,13 +514,16 @@ class Service:
         self.pool = ThreadPoolExecutor(available_cpus(), thread_name_prefix="ferkit-detect")
         wait_s = settings.batch_wait_ms / 1000
         self.faces = FaceQueue(self.recognizer, settings.max_batch, wait_s, self.metrics)
+        self.webcam = WebcamSessions()
 
     def stop(self) -> None:
         self.faces.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    async def answer(self, request: Any, detect: bool) -> tuple[int, dict[str, Any], dict[str, str]]:
-        """(status, JSON body, headers) for one POST /predict."""
+    async def answer(
+        self, request: Any, detect: bool, session: str | None = None, smooth: str | None = None
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, JSON body, headers) for one POST /predict (`session`, `smooth`: a webcam frame's)."""
         started = time.perf_counter()
         limit = self.settings.queue_size
         if self.pending >= limit:
@@ -412,7 +535,8 @@ class Service:
         self.pending += 1
         self.metrics.queue_depth.inc()
         try:
-            body = await asyncio.wait_for(self.predict(request, detect), self.settings.timeout_s)
+            work = self.predict(request, detect, session, smooth)
+            body = await asyncio.wait_for(work, self.settings.timeout_s)
             answer = 200, body, {}
         except UploadError as e:
             answer = e.status, {"error": e.message}, {}
@@ -429,9 +553,12 @@ class Service:
         self.metrics.answered(answer[0], time.perf_counter() - started)
         return answer
 
-    async def predict(self, request: Any, detect: bool) -> dict[str, Any]:
+    async def predict(
+        self, request: Any, detect: bool, session: str | None = None, smooth: str | None = None
+    ) -> dict[str, Any]:
         """The predict JSON of the uploaded image: read, checked, faces found off the event loop, then
-        classified with other requests' faces."""
+        classified with other requests' faces; a webcam frame's (`session`) then tracked and smoothed."""
+        tracking = tracking_of(session, smooth)
         self.faces.upstream += 1
         try:
             data, name = await read_upload(request)
@@ -442,6 +569,9 @@ class Service:
         finally:
             self.faces.upstream -= 1
         found = await self.faces.classify(crops) if crops else []
+        if tracking is not None:  # a frame without faces too: its tracks age
+            found = await self.webcam.track(tracking, found, self.pool)
+            self.metrics.sessions.set(len(self.webcam))
         result: dict[str, Any] = {"image": name, "faces": [face.to_dict() for face in found]}
         if not found:
             result["note"] = NO_FACE
@@ -476,7 +606,7 @@ def create_app(
     **load: Any,
 ):
     """The FastAPI app serving `model_path` (None: the shipped model; `.onnx` with backend "onnx");
-    `load`: `ServeSettings`' max_batch, batch_wait_ms, queue_size, timeout_s.
+    `load`: `ServeSettings`' max_batch, batch_wait_ms, queue_size, timeout_s, detector, min_face.
 
     The model is loaded here, so a missing or broken model is a FerkitError before any server starts.
     """
@@ -526,12 +656,16 @@ def app_for(settings: ServeSettings):
         return Response(text, media_type=kind)
 
     @app.post("/predict")
-    async def post_predict(request: Request, detect: bool = True) -> JSONResponse:
+    async def post_predict(
+        request: Request, detect: bool = True, session: str | None = None, smooth: str | None = None
+    ) -> JSONResponse:
         """One image (multipart field `file`): `{"image", "faces": [{"box", "emotion", "probabilities"}]}`.
 
         `detect=false` takes the whole image as one face (for ready-cropped faces, like `--no-detect`).
+        `session` (8-64 of A-Z a-z 0-9 - _): a webcam frame, its faces tracked across the session's frames,
+        each with its `track` and its track's probabilities averaged over `smooth` seconds (default 1).
         """
-        status, body, headers = await service.answer(request, detect)
+        status, body, headers = await service.answer(request, detect, session, smooth)
         return JSONResponse(body, status_code=status, headers=headers)
 
     return app

@@ -232,6 +232,16 @@ def _smoothed(face: Any, track: int, p: np.ndarray) -> Any:
     return replace(face, track=track, probabilities=probabilities, emotion=CLASS_NAMES[int(np.argmax(p))])
 
 
+def track_faces(faces: list[Any], tracker: FaceTracker, smoother: Smoother, time: float) -> list[Any]:
+    """One frame's faces (`Face`s, at `time` seconds), each with its `track` id and its track's smoothed
+    probabilities: what `analyse` does to every frame, and `ferkit serve` to each webcam frame."""
+    ids = tracker.assign([f.box for f in faces])
+    return [
+        _smoothed(face, track, smoother(track, time, _probs(face)))
+        for face, track in zip(faces, ids, strict=True)
+    ]
+
+
 def analyse(
     rec: FaceSource,
     path: str | Path,
@@ -249,14 +259,11 @@ def analyse(
     smoother = Smoother(smooth)
     for frame in read_frames(path, fps):
         faces = rec.faces_of(rec.face_crops(to_gray(frame.rgb), detect))
-        ids = tracker.assign([f.box for f in faces])
-        out = []
-        for face, track in zip(faces, ids, strict=True):
-            p = smoother(track, frame.time, _probs(face))
-            face = _smoothed(face, track, p)
-            out.append(face)
-            if summaries is not None:
-                summaries.setdefault(track, TrackSummary(track)).add(frame.time, face.emotion, p)
+        out = track_faces(faces, tracker, smoother, frame.time)
+        if summaries is not None:
+            for face in out:
+                summary = summaries.setdefault(face.track, TrackSummary(face.track))
+                summary.add(frame.time, face.emotion, _probs(face))
         yield VideoFrame(frame.index, frame.time, out, frame.rgb)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ferkit.apps.serve import INSTALL_HINT, LOG_LEVELS, MAX_UPLOAD, ServeSettings
-from ferkit.cli.options import add_device, add_model_options, add_tta
+from ferkit.cli.options import add_detector, add_device, add_model_options, add_tta
 
 DEFAULTS = ServeSettings()
 
@@ -23,6 +23,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         queue_size=args.queue_size,
         timeout_s=args.timeout_s,
+        detector=args.detector,
+        min_face=args.min_face,
     )
     serve(
         settings,
@@ -79,10 +81,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="a web page to try a model on photos and the webcam (FastAPI + uvicorn)",
-        description="Serve a page where a photo (upload, drop, paste or webcam frame) gets its faces boxed "
-        "and their emotions shown, and a JSON API: POST /predict (multipart field 'file', the JSON of "
-        "`ferkit predict --format json` for one image; ?detect=false for a ready-cropped face), GET /health, "
-        "GET /metrics (Prometheus). Faces of concurrent requests are classified together. "
+        description="Serve a page where a photo (upload, drop, paste) gets its faces boxed and their "
+        "emotions shown, and the webcam streams: each face tracked across frames with its smoothed emotions "
+        "and the frames a second. A JSON API: POST /predict (multipart field 'file', the JSON of "
+        "`ferkit predict --format json` for one image; ?detect=false for a ready-cropped face; "
+        "?session=ID&smooth=SECONDS for a webcam frame, its faces tracked as `ferkit predict` tracks a "
+        "video's), GET /health, GET /metrics (Prometheus). Faces of concurrent requests are classified "
+        "together. "
         f"Uploads are limited to {MAX_UPLOAD // 2**20} MB. Needs {INSTALL_HINT}.",
     )
     add_model_options(p)
@@ -90,6 +95,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (0: any free one; default 8000)")
     add_device(p, help="auto, cpu, cuda or cuda:N (torch backend)")
     add_tta(p)
+    add_detector(p)
     p.add_argument(
         "--log-level",
         "--log_level",

@@ -58,20 +58,20 @@ def machine() -> str:
 TTAS = ("none", "flip", "tencrop")
 
 
-def accuracies(model_path: str, ds) -> dict:
+def accuracies(model_path: str, ds, device: str = "auto") -> dict:
     """PublicTest and PrivateTest accuracy for each TTA mode, and PrivateTest macro-F1 without TTA."""
     row = {}
     for split in ("PublicTest", "PrivateTest"):
         for tta in TTAS:
-            report, _, _ = evaluate_model(model_path, ds, split, tta)
+            report, _, _ = evaluate_model(model_path, ds, split, tta, device=device)
             row.update(columns(split, tta, report))
     return row
 
 
-def ensemble_accuracies(members: list[str], ds, weights: str) -> dict:
+def ensemble_accuracies(members: list[str], ds, weights: str, device: str = "auto") -> dict:
     """As `accuracies`, for the soft vote of `members` (one vote each). Each member predicts each split and
     TTA once; the weights are fitted on its PublicTest probabilities for that TTA (never PrivateTest)."""
-    predictors = [load_predictor(m)[0] for m in members]
+    predictors = [load_predictor(m, device)[0] for m in members]
     public, private = (ds.split(s, labelled_only=True) for s in ("PublicTest", "PrivateTest"))
     row = {}
     for tta in TTAS:
@@ -106,6 +106,23 @@ def append(row: dict) -> None:
     print(" ".join(f"{k}={row[k]}" for k in COLUMNS if k != "command"))
 
 
+def run_row(recipe: str, out: Path, train_args: list[str]) -> dict:
+    """The results.csv cells of a finished run folder `out` other than its accuracies; `train_args`: the
+    `ferkit train` arguments that trained it (--resume left out of the command)."""
+    metrics = list(csv.DictReader((out / "metrics.csv").open()))
+    best = max(metrics, key=lambda r: float(r["val_acc"]))
+    return {
+        "recipe": recipe,
+        "commit": git_commit(),
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "minutes": round(sum(float(r["time"]) for r in metrics) / 60, 1),
+        "epochs": len(metrics),
+        "best_epoch": best["epoch"],
+        "command": "ferkit " + shlex.join(a for a in train_args if a != "--resume"),
+    }
+
+
 def run_recipe(args: argparse.Namespace) -> None:
     out = Path(args.output_dir or ROOT / "runs" / f"bench-{args.recipe}")
     train_args = [
@@ -130,19 +147,8 @@ def run_recipe(args: argparse.Namespace) -> None:
     code = ferkit(train_args)
     if code:
         sys.exit(code)
-    metrics = list(csv.DictReader((out / "metrics.csv").open()))
+    row = run_row(args.recipe, out, train_args)
     ds = load_dataset(args.data)
-    best = max(metrics, key=lambda r: float(r["val_acc"]))
-    row = {
-        "recipe": args.recipe,
-        "commit": git_commit(),
-        "date": date.today().isoformat(),
-        "machine": machine(),
-        "minutes": round(sum(float(r["time"]) for r in metrics) / 60, 1),
-        "epochs": len(metrics),
-        "best_epoch": best["epoch"],
-        "command": "ferkit " + shlex.join(a for a in train_args if a != "--resume"),
-    }
     append(row | accuracies(str(out / "best.pth"), ds))
     print(f"benchmark wall time {(time.time() - start) / 60:.1f} min")
 
@@ -151,7 +157,13 @@ def run_ensemble(args: argparse.Namespace) -> None:
     name, *models = args.ensemble
     members = [str(Path(m) / "best.pth") if Path(m).is_dir() else m for m in models]
     ds = load_dataset(args.data)
-    row = {
+    row = ensemble_row(name, members, args.weights)
+    append(row | ensemble_accuracies(members, ds, args.weights))
+
+
+def ensemble_row(name: str, members: list[str], weights: str) -> dict:
+    """The results.csv cells of the ensemble row `name` other than its accuracies."""
+    return {
         "recipe": name,
         "commit": git_commit(),
         "date": date.today().isoformat(),
@@ -159,9 +171,8 @@ def run_ensemble(args: argparse.Namespace) -> None:
         "minutes": "",
         "epochs": "",
         "best_epoch": "",
-        "command": f"ferkit ensemble --weights {args.weights} --model_paths " + " ".join(members),
+        "command": f"ferkit ensemble --weights {weights} --model_paths " + " ".join(members),
     }
-    append(row | ensemble_accuracies(members, ds, args.weights))
 
 
 def table() -> str:

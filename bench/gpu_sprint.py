@@ -119,7 +119,7 @@ def parse_member(spec: str, out: Path) -> Member:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.replace("-", "_")
-        if not sep or key not in FIELDS or key in SPRINT_OPTIONS:
+        if not (sep and value) or key not in FIELDS or key in SPRINT_OPTIONS:
             raise FerkitError(
                 f"--members {spec}: {pair!r} is not OPTION=VALUE for a `ferkit train` option "
                 f"(the sprint sets {', '.join(SPRINT_OPTIONS)})"
@@ -129,7 +129,8 @@ def parse_member(spec: str, out: Path) -> Member:
         except yaml.YAMLError:
             raise FerkitError(f"--members {spec}: {pair!r}: not a valid value") from None
     resolve_config(str(config), options)
-    name = "-".join([recipe, *(p.replace("=", "") for p in pairs)])
+    short = {k: Path(v).stem if isinstance(v, str) and "/" in v else v for k, v in options.items()}
+    name = "-".join([recipe, *(f"{k}{v}" for k, v in short.items())])  # a file: its name's stem
     name = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
     return Member(name, recipe, options, out)
 
@@ -396,18 +397,24 @@ def sprint(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = Log(args.out / "sprint.log", start)
     log(f"sprint on {machine()}: {', '.join(m.name for m in members)} in {args.minutes:g} min ({args.out})")
-    ds = load_dataset(args.data)  # parsed here once: the members then read it from the cache
-    status = train_members(members, args, log)
-    finished = [m for m in members if m.finished]
-    card_s = sum(member_results(m, ds, args, log) for m in finished)
-    status[ensemble_name(finished)] = ensemble(finished, ds, args, log, card_s)
-    write_summary(args.out, status, args, log)
-    if args.pack:
-        pack(args.out, args.pack, log)
-    log(
-        f"{args.out}: {size_mib(files(args.out)):.1f} MiB, "
-        f"{size_mib(files(args.out, portable)):.1f} MiB without checkpoints; {args.out / 'SUMMARY.md'}"
-    )
+    status: dict[str, str] = {}
+    try:
+        ds = load_dataset(args.data)  # parsed here once: the members then read it from the cache
+        status |= train_members(members, args, log)
+        finished = [m for m in members if m.finished]
+        card_s = sum(member_results(m, ds, args, log) for m in finished)
+        status[ensemble_name(finished)] = ensemble(finished, ds, args, log, card_s)
+    except (FerkitError, KeyboardInterrupt) as e:
+        status["sprint"] = f"failed: {str(e) or 'interrupted'}; rerun the same command to go on"
+        raise
+    finally:  # whatever happened, the summary and the pack say so, and the pack comes back
+        write_summary(args.out, status, args, log)
+        if args.pack:
+            pack(args.out, args.pack, log)
+        log(
+            f"{args.out}: {size_mib(files(args.out)):.1f} MiB, {size_mib(files(args.out, portable)):.1f} "
+            f"MiB without checkpoints; {args.out / 'SUMMARY.md'}"
+        )
     return int(any(s.startswith("failed") for s in status.values()))
 
 
@@ -436,6 +443,8 @@ def main() -> None:
         sys.exit(sprint(args))
     except FerkitError as e:
         sys.exit(f"gpu_sprint: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("gpu_sprint: interrupted; rerun the same command to go on (finished members are kept)")
 
 
 if __name__ == "__main__":

@@ -272,8 +272,6 @@ def ensemble(members: list[Member], ds: FerDataset, args: argparse.Namespace, lo
     each unless already written for these members; the card is left for later when the time left is
     short of 1.5 x what it should take (`card_s`: what the members' single-crop cards took; flip triples
     it). Returns the ensemble's status."""
-    if len(members) < 2:
-        return "needs two finished members"
     spec, card, results = args.out / "ensemble.json", args.out / "sprint.json", args.out / "results.csv"
     cards = [str(m.card) for m in members]
     if spec_members(spec) != [Path(c).resolve() for c in cards]:
@@ -386,7 +384,8 @@ def write_summary(out: Path, status: dict[str, str], args: argparse.Namespace, l
 
 
 def sprint(args: argparse.Namespace) -> int:
-    """Train, evaluate, ensemble, ship, summarise and pack; 1 when a member failed, else 0."""
+    """Train, evaluate, ensemble, ship, summarise and pack; 0 when every member has finished, else 1 (a
+    stopped member resumes, and a failed one starts again, on the next run)."""
     start = time.monotonic()
     if not 0 < args.reserve < args.minutes:
         raise FerkitError(f"--reserve {args.reserve:g}: expected more than 0 and less than --minutes")
@@ -403,7 +402,10 @@ def sprint(args: argparse.Namespace) -> int:
         status |= train_members(members, args, log)
         finished = [m for m in members if m.finished]
         card_s = sum(member_results(m, ds, args, log) for m in finished)
-        status[ensemble_name(finished)] = ensemble(finished, ds, args, log, card_s)
+        if len(finished) > 1:
+            status[ensemble_name(finished)] = ensemble(finished, ds, args, log, card_s)
+        else:
+            log(f"no ensemble: {len(finished)} member(s) finished; rerun the same command to go on")
     except (FerkitError, KeyboardInterrupt) as e:
         status["sprint"] = f"failed: {str(e) or 'interrupted'}; rerun the same command to go on"
         raise
@@ -415,7 +417,7 @@ def sprint(args: argparse.Namespace) -> int:
             f"{args.out}: {size_mib(files(args.out)):.1f} MiB, {size_mib(files(args.out, portable)):.1f} "
             f"MiB without checkpoints; {args.out / 'SUMMARY.md'}"
         )
-    return int(any(s.startswith("failed") for s in status.values()))
+    return int(not all(m.finished for m in members))
 
 
 def main() -> None:

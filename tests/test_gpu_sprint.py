@@ -132,3 +132,16 @@ def test_sprint_bad_member_is_one_line(
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("gpu_sprint: error:") and needle in line, line
     assert not (tmp_path / "sprint").exists()
+
+
+def test_sprint_stops_members_at_its_deadline(tmp_path: Path, tiny_csv: Path) -> None:
+    """A member still running when the budget less half the reserve is spent is stopped (no Python
+    starts torch in the 0.3 s it has here), and the sprint says so and ends with 1: a rerun resumes it."""
+    out = tmp_path / "sprint"
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_sprint.py"), "--out", str(out), "--device", "cpu"]
+    cmd += ["--data", str(tiny_csv), "--minutes", "0.05", "--reserve", "0.01", "--members", "cnn:width=8"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "cnn-width8: stopped at the deadline (resumes on the next run)" in proc.stdout
+    assert not (out / "members" / "cnn-width8" / "summary.json").exists()
+    assert "| cnn-width8 | stopped at the deadline" in (out / "SUMMARY.md").read_text()

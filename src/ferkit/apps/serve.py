@@ -580,15 +580,15 @@ class Service:
     def find_faces(self, data: bytes, name: str, detect: bool) -> list[Any]:
         """The face crops of an upload (decoded upright as `ferkit predict` reads files, then its faces
         found); errors name the upload."""
-        from ferkit.apps.recognizer import gray_of
+        from ferkit.apps.recognizer import pixels_of
 
         with tempfile.TemporaryDirectory(prefix="ferkit-serve-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(data)
             try:
-                gray = gray_of(path)
+                pixels = pixels_of(path)  # in colour where it has colour, for the detector
                 with self.detect_lock:  # one image at a time, unless the detector allows more
-                    return self.recognizer.face_crops(gray, detect)
+                    return self.recognizer.face_crops(pixels, detect)
             except FerkitError as e:
                 message = str(e).replace(str(path), name)
                 raise UploadError(413 if "decompression bomb" in message else 400, message) from None

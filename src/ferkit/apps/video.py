@@ -18,7 +18,6 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from ferkit.apps.faces import to_gray
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 from ferkit.utils.plot import save_figure, subplots
@@ -207,7 +206,7 @@ class TrackSummary:
 class FaceSource(Protocol):
     """What `analyse` needs of a `Recognizer`: its face finder and its classifier."""
 
-    def face_crops(self, gray: np.ndarray, detect: bool = True) -> list[Any]: ...
+    def face_crops(self, image: np.ndarray, detect: bool = True) -> list[Any]: ...
 
     def faces_of(self, crops: Any) -> list[Any]: ...
 
@@ -258,7 +257,7 @@ def analyse(
     tracker = FaceTracker(info.fps if fps is None else fps)
     smoother = Smoother(smooth)
     for frame in read_frames(path, fps):
-        faces = rec.faces_of(rec.face_crops(to_gray(frame.rgb), detect))
+        faces = rec.faces_of(rec.face_crops(frame.rgb, detect))
         out = track_faces(faces, tracker, smoother, frame.time)
         if summaries is not None:
             for face in out:

@@ -1,0 +1,89 @@
+"""What each ensemble member adds (issue 27 section 1): every network's PublicTest accuracy, how often
+each pair disagrees, and the ensemble's PublicTest accuracy as members are added greedily (each step
+adds the member that raises PublicTest most, with voting weights fitted on PublicTest).
+
+    FERKIT_DATA=../shared/data/fer2013.csv.gz python bench/members.py [MODEL ...] [--tta flip]
+
+MODEL: a checkpoint, run folder (its best.pth), ensemble spec, model card or shipped name; an ensemble
+or card stands for each of its networks. Default: the shipped ensemble's networks. PrivateTest is only
+reported for the sets PublicTest chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ferkit.data import load_dataset
+from ferkit.runtime.loading import load_predictor
+from ferkit.runtime.predictor import combine, fit_weights, members_and_weights
+
+
+def networks(models: list[str]) -> list[tuple[str, object]]:
+    """(label, CheckpointModel) for every network the models hold."""
+    found = []
+    for model in models:
+        path = Path(model) / "best.pth" if Path(model).is_dir() else model
+        members, _ = members_and_weights(load_predictor(str(path), "cpu")[0])
+        name = Path(model).name if Path(model).is_dir() else Path(str(model)).stem
+        for i, m in enumerate(members):
+            found.append((f"{name}[{i}] {m.arch}" if len(members) > 1 else f"{name} {m.arch}", m))
+    return found
+
+
+def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean())
+
+
+def greedy(probs: list[np.ndarray], labels: np.ndarray) -> list[tuple[list[int], np.ndarray, float]]:
+    """Forward selection: (chosen members, their fitted weights, PublicTest accuracy) after each step."""
+    chosen: list[int] = []
+    steps = []
+    while len(chosen) < len(probs):
+        best = None
+        for i in (i for i in range(len(probs)) if i not in chosen):
+            trial = [*chosen, i]
+            w = fit_weights([probs[j] for j in trial], labels) if len(trial) > 1 else np.ones(1)
+            acc = accuracy(combine([probs[j] for j in trial], w / w.sum()), labels)
+            if best is None or acc > best[2]:
+                best = (trial, w / w.sum(), acc)
+        chosen = best[0]
+        steps.append(best)
+    return steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=["ferkit-fer2013"])
+    parser.add_argument("--tta", default="flip", choices=("none", "flip", "tencrop"))
+    parser.add_argument("--data", default=os.environ.get("FERKIT_DATA", ""))
+    args = parser.parse_args()
+    ds = load_dataset(args.data)
+    public, private = ds.split("PublicTest", True), ds.split("PrivateTest", True)
+    nets = networks(args.models)
+    pub = [m.predict(public.images, args.tta) for _, m in nets]
+    priv = [m.predict(private.images, args.tta) for _, m in nets]
+    print(f"models: {' '.join(args.models)}; tta {args.tta}; load average {os.getloadavg()[0]:.1f}\n")
+    print("| # | network | PublicTest |\n|---:|---|---:|")
+    for i, ((label, _), p) in enumerate(zip(nets, pub, strict=True)):
+        print(f"| {i} | {label} | {accuracy(p, public.labels):.2%} |")
+    preds = [p.argmax(1) for p in pub]
+    print("\nPairwise disagreement on PublicTest (share of faces the two label differently):\n")
+    print("| | " + " | ".join(str(j) for j in range(len(nets))) + " |")
+    print("|---|" + "---:|" * len(nets))
+    for i in range(len(nets)):
+        cells = [f"{(preds[i] != preds[j]).mean():.1%}" if j != i else "-" for j in range(len(nets))]
+        print(f"| {i} | " + " | ".join(cells) + " |")
+    print("\nGreedy addition (weights fitted on PublicTest):\n")
+    print("| members | weights | PublicTest | PrivateTest |\n|---|---|---:|---:|")
+    for chosen, w, acc in greedy(pub, public.labels):
+        priv_acc = accuracy(combine([priv[j] for j in chosen], w), private.labels)
+        names, weights = ", ".join(map(str, chosen)), ", ".join(f"{x:.2f}" for x in w)
+        print(f"| {names} | {weights} | {acc:.2%} | {priv_acc:.2%} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -540,6 +540,21 @@ def worker_pids(parent: int) -> list[int]:
     return found
 
 
+@contextlib.contextmanager
+def chromium_page(sync_api, args: list[str], problems: list[str]) -> Iterator:
+    """A page of Debian's headless Chromium (launched with `args`) at VIEWPORT; its script errors and
+    console errors are appended to `problems`."""
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
+        try:
+            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            yield page
+        finally:
+            browser.close()
+
+
 def test_page_end_to_end_in_chromium(live_server, photo, tmp_path) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"no {CHROMIUM} (apt-get install -y chromium)")
@@ -551,39 +566,32 @@ def test_page_end_to_end_in_chromium(live_server, photo, tmp_path) -> None:
     expected = httpx.post(f"{live_server}predict", files={"file": ("group.png", photo.read_bytes())}).json()
     assert len(expected["faces"]) == len(GROUP)
     shot = tmp_path / "serve.png"
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.goto(live_server)
-            page.wait_for_function("document.getElementById('model').textContent.includes('torch')")
-            shown = page.locator("#model").inner_text()
-            assert shown.startswith("best.pth ") and "/" not in shown  # the model's name, not its path
-            page.set_input_files("#file", str(photo))
-            page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=60_000)
-            assert page.locator("#status").inner_text() == "group.png: 3 faces"
-            cards = page.locator("#faces .face")
-            assert cards.count() == 3
-            for i, face in enumerate(expected["faces"]):
-                card = cards.nth(i)
-                assert card.get_attribute("data-emotion") == face["emotion"]
-                names = card.locator(".bars .name").all_inner_texts()
-                shown = [float(t.rstrip("%")) for t in card.locator(".bars .pct").all_inner_texts()]
-                ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
-                assert names == [name for name, _ in ranked]  # 7 bars, largest first
-                assert np.allclose(shown, [100 * p for _, p in ranked], atol=0.051)
-            canvas = page.locator("#canvas")
-            assert canvas.is_visible()
-            scale = float(canvas.get_attribute("data-scale"))
-            line = float(canvas.get_attribute("data-line"))
-            frame = canvas.bounding_box()
-            page.screenshot(path=str(shot))
-            assert problems == []
-        finally:
-            browser.close()
+    problems: list[str] = []
+    with chromium_page(sync_api, CHROMIUM_ARGS, problems) as page:
+        page.goto(live_server)
+        page.wait_for_function("document.getElementById('model').textContent.includes('torch')")
+        shown = page.locator("#model").inner_text()
+        assert shown.startswith("best.pth ") and "/" not in shown  # the model's name, not its path
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("body[data-state=done], body[data-state=error]", timeout=60_000)
+        assert page.locator("#status").inner_text() == "group.png: 3 faces"
+        cards = page.locator("#faces .face")
+        assert cards.count() == 3
+        for i, face in enumerate(expected["faces"]):
+            card = cards.nth(i)
+            assert card.get_attribute("data-emotion") == face["emotion"]
+            names = card.locator(".bars .name").all_inner_texts()
+            shown = [float(t.rstrip("%")) for t in card.locator(".bars .pct").all_inner_texts()]
+            ranked = sorted(face["probabilities"].items(), key=lambda kv: -kv[1])
+            assert names == [name for name, _ in ranked]  # 7 bars, largest first
+            assert np.allclose(shown, [100 * p for _, p in ranked], atol=0.051)
+        canvas = page.locator("#canvas")
+        assert canvas.is_visible()
+        scale = float(canvas.get_attribute("data-scale"))
+        line = float(canvas.get_attribute("data-line"))
+        frame = canvas.bounding_box()
+        page.screenshot(path=str(shot))
+        assert problems == []
 
     image = Image.open(shot)
     assert image.format == "PNG" and image.size == (VIEWPORT["width"], VIEWPORT["height"])

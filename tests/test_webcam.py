@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_serve import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, error_of, png_bytes, post, running_server
+from test_serve import CHROMIUM, CHROMIUM_ARGS, chromium_page, error_of, png_bytes, post, running_server
 from test_video import FACES, FPS, clip_frames
 
 from ferkit.apps.recognizer import Face
@@ -138,40 +138,33 @@ def test_webcam_mode_in_chromium_tracks_faces(tiny_checkpoint, frames, tmp_path,
     clip = write_y4m(tmp_path / "clip.y4m", frames + frames[-2:0:-1])
     camera = ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
     args = [*CHROMIUM_ARGS, *camera, f"--use-file-for-fake-video-capture={clip}"]
+    problems: list[str] = []
     with (
         running_server(monkeypatch, capsys, "--model_path", str(tiny_checkpoint)) as url,
-        sync_api.sync_playwright() as pw,
+        chromium_page(sync_api, args, problems) as page,
     ):
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
-        try:
-            page = browser.new_page(viewport=VIEWPORT, device_scale_factor=1)
-            problems: list[str] = []
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            answers: list = []
-            page.on("response", lambda r: answers.append(r) if "/predict?" in r.url else None)
-            page.goto(url)
-            page.click("#tab-cam")
-            page.click("#start")
-            page.wait_for_function(
-                "document.querySelectorAll('#faces .face[data-track]').length === 2"
-                " && parseFloat(document.getElementById('fps').textContent) > 0",
-                timeout=30_000,
-            )
-            deadline = time.monotonic() + 20
-            while len(answers) < 8 and time.monotonic() < deadline:
-                page.wait_for_timeout(100)
-            fps = page.locator("#fps").inner_text()
-            cards = page.locator("#faces .face")
-            shown = sorted(int(cards.nth(i).get_attribute("data-track")) for i in range(cards.count()))
-            bars = [cards.nth(i).locator(".bars .pct").all_inner_texts() for i in range(cards.count())]
-            names = [sorted(cards.nth(i).locator(".bars .name").all_inner_texts()) for i in range(2)]
-            canvas_visible = page.locator("#canvas").is_visible()
-            page.click("#pause")
-            assert page.locator("body").get_attribute("data-state") == "done"
-            bodies = [(r.status, r.request.url, r.json()) for r in answers]
-        finally:
-            browser.close()
+        answers: list = []
+        page.on("response", lambda r: answers.append(r) if "/predict?" in r.url else None)
+        page.goto(url)
+        page.click("#tab-cam")
+        page.click("#start")
+        page.wait_for_function(
+            "document.querySelectorAll('#faces .face[data-track]').length === 2"
+            " && parseFloat(document.getElementById('fps').textContent) > 0",
+            timeout=30_000,
+        )
+        deadline = time.monotonic() + 20
+        while len(answers) < 8 and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        fps = page.locator("#fps").inner_text()
+        cards = page.locator("#faces .face")
+        shown = sorted(int(cards.nth(i).get_attribute("data-track")) for i in range(cards.count()))
+        bars = [cards.nth(i).locator(".bars .pct").all_inner_texts() for i in range(cards.count())]
+        names = [sorted(cards.nth(i).locator(".bars .name").all_inner_texts()) for i in range(2)]
+        canvas_visible = page.locator("#canvas").is_visible()
+        page.click("#pause")
+        assert page.locator("body").get_attribute("data-state") == "done"
+        bodies = [(r.status, r.request.url, r.json()) for r in answers]
     assert problems == []
     assert re.fullmatch(r"\d+\.\d frames/s", fps) and float(fps.split()[0]) > 0, fps
     assert len(bodies) >= 8 and all(status == 200 for status, _, _ in bodies), bodies

@@ -119,7 +119,7 @@ def score_settings(
     query_labels: np.ndarray,
     net_probs: np.ndarray,
     ks: Sequence[int] = (5, 10, 20, 50, 100, 200),
-    temperatures: Sequence[float] = (0.02, 0.05, 0.1),
+    temperatures: Sequence[float] = (0.01, 0.02, 0.05, 0.1),
     shares: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0),
 ) -> list[NeighbourSetting]:
     """The accuracy on `queries` of every (k, temperature, share); share 0 is the network alone."""

@@ -289,6 +289,36 @@ def test_corrupt_video_names_the_file(tmp_path) -> None:
         list(read_frames(bad))
 
 
+@pytest.mark.slow
+def test_rows_piped_to_a_reader_that_leaves_end_quietly(tmp_path, tiny_checkpoint) -> None:
+    """`ferkit predict clip | head -1`: once the reader has gone, no error blames the clip."""
+    import subprocess
+    import sys
+
+    clip = tmp_path / "plain.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 64))
+    for _ in range(200):
+        writer.write(np.full((64, 96, 3), 128, np.uint8))
+    writer.release()
+    cmd = [
+        sys.executable,
+        "-m",
+        "ferkit",
+        "predict",
+        str(clip),
+        "--fps",
+        "all",
+        "--model_path",
+        str(tiny_checkpoint),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert b"plain.avi" in proc.stdout.readline()
+    proc.stdout.close()  # the reader leaves after one row
+    err = proc.stderr.read().decode()
+    assert proc.wait(120) == 141, err
+    assert "Error" not in err and "plain.avi" not in err, err
+
+
 def test_empty_folder_is_an_error_before_any_model_loads(tmp_path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not an image")

@@ -356,6 +356,8 @@ def predict_paths(
             else:
                 out = annotated_path(path, out_dir, used_names) if out_dir is not None else None
                 results.append(_predict_image(path, batcher, detect, out))
+        except BrokenPipeError:  # the reader of the rows left (`| head`): not this file's fault
+            raise
         except (FerkitError, OSError, ValueError, cv2.error) as e:
             line = str(e) if isinstance(e, FerkitError) else f"{path}: {e.__class__.__name__}: {e}"
             line = " ".join(line.split())  # one line, whatever the library said

@@ -97,7 +97,8 @@ def test_the_recognizer_aligns_when_asked(public_faces) -> None:
     scene = cv2.cvtColor(turned(public_faces[3], 20.0), cv2.COLOR_GRAY2RGB)
     assert rec.align is False  # the default: bench/crops.py found no gain (docs/findings.md)
     (upright,) = rec.face_crops(scene)
-    rec.align = True
-    (aligned,) = rec.face_crops(scene)
+    (aligned,) = ferkit.load(
+        "ferkit-fer2013-fast", device="cpu", detector="libfacedetection", align=True
+    ).face_crops(scene)
     assert np.array_equal(aligned.crop, face_crops(scene, detector=rec.detector, align=True)[0].crop)
     assert likeness(aligned.crop, public_faces[3]) > likeness(upright.crop, public_faces[3]) + 0.05

@@ -49,6 +49,7 @@ def load(
     batch_size: int = 64,
     detector: str | Detector = "auto",
     min_face: int | None = None,
+    align: bool = False,
 ) -> Recognizer:
     """A `Recognizer`: a model that finds the faces in images and tells their expressions.
 
@@ -64,6 +65,8 @@ def load(
         detector: the face detector: "auto" (libfacedetection's CNN where its package is installed, else
             OpenCV's Haar cascade), "libfacedetection", "haar", or a `ferkit.apps.detectors.Detector`.
         min_face: the smallest face kept, in pixels (None: the detector's own limit).
+        align: turn each face's crop so that its eyes are level, where the detector finds the eyes. Off by
+            default: on PublicTest faces turned by up to 25 degrees it gained nothing (docs/findings.md).
 
     Raises:
         FerkitError: one line naming the model at fault (missing file, unknown name, not a model).
@@ -74,7 +77,7 @@ def load(
     """
     if isinstance(detector, str):
         detector = create_detector(detector, min_face)
-    return load_recognizer(
+    rec = load_recognizer(
         model,
         backend=backend,
         device=device,
@@ -83,6 +86,8 @@ def load(
         batch_size=batch_size,
         detector=detector,
     )
+    rec.align = align
+    return rec
 
 
 @dataclass(frozen=True)

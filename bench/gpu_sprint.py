@@ -5,7 +5,8 @@ int8, everything under one folder small enough to bring back.
         [--device cuda] [--data FER2013] [--reserve 3] [--pack DIR]
 
 A member is a recipe in configs/ (without .yaml), optionally followed by `ferkit train` options:
-`resnet18:batch_size=512:lr=0.4`, `mobilenet_v2_imagenet:pretrained=/path/to/mobilenet_v2-b0353104.pth`.
+`resnet18:batch_size=512:lr=0.4`, `mobilenet_v2_imagenet:pretrained=/path/to/mobilenet_v2-b0353104.pth`,
+`cnn_crop40` (the crop recipe).
 Each member trains in its own process, all at once on the one device, with the whole dataset on it and the
 precision and memory format ferkit picks there (bf16 autocast and channels-last on a GPU), for --minutes
 minus --reserve of wall time (`--time_budget`: its LR schedule is spread over that time). Then each

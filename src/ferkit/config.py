@@ -112,6 +112,13 @@ class TrainConfig:
         "with --progressive_resize: 'scale' shrinks whole faces, 'crop' takes crops at their own scale",
         ("scale", "crop"),
     )
+    crop_size: int = option(
+        0,
+        "the crop recipe: train on random crops of this side (pixels of the 48x48 face, at its own scale); "
+        "the model then sees crops at test too (centre, or ten with --tta tencrop) (0: whole faces)",
+        minimum=0,
+        maximum=47,
+    )
     mixup: float = option(0.0, "mixup alpha (0: off)", minimum=0.0)
     cutmix: float = option(0.0, "cutmix alpha (0: off)", minimum=0.0)
     ema: float = option(
@@ -170,6 +177,10 @@ class TrainConfig:
         )
         if progressive_set and not self.progressive_resize:
             raise FerkitError("--progressive_mode and --progressive_until need --progressive_resize SIDE")
+        if self.crop_size and self.progressive_resize:
+            raise FerkitError("--crop_size and --progressive_resize do not combine: choose one")
+        if self.crop_size and self.crop_size < 16:
+            raise FerkitError(f"--crop_size {self.crop_size}: expected 16 to 47 pixels, or 0 for whole faces")
         if self.resume and not self.output_dir:
             raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
 

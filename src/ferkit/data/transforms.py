@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from ferkit.classes import TTA_MODES
 from ferkit.errors import FerkitError
 
+FACE_SIZE = 48  # the side of a FER2013 face, in pixels
+
 
 @dataclass(frozen=True)
 class AugmentPreset:
@@ -57,17 +59,26 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def random_affine(
-    x: torch.Tensor, preset: AugmentPreset, size: tuple[int, int], crop: float = 1.0
+    x: torch.Tensor, preset: AugmentPreset, size: tuple[int, int], crop: float = 1.0, place: int = 0
 ) -> torch.Tensor:
     """Each image flipped/rotated/scaled/shifted with its own parameters, sampled at `size`; with `crop` < 1,
-    from that fraction of each side (a crop at the faces' own scale) instead of the whole face."""
+    from that fraction of each side (a crop at the faces' own scale) instead of the whole face.
+
+    With `place` (a crop's side in pixels of the face), each crop lies at a random whole-pixel position
+    inside the face, which replaces the preset's shift: the random crops of the crop recipe.
+    """
     n = x.shape[0]
     dev = x.device
     angle = (torch.rand(n, device=dev) * 2 - 1) * math.radians(preset.degrees)
     lo, hi = preset.scale
     scale = lo + torch.rand(n, device=dev) * (hi - lo)
     flip = torch.where(torch.rand(n, device=dev) < preset.flip, -1.0, 1.0)
-    shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (2 * preset.translate)
+    if place:
+        side = x.shape[-1]  # offsets 0 .. side - place, as normalised shifts of the crop's centre
+        offset = torch.randint(0, side - place + 1, (n, 2), device=dev).float()
+        shift = (2 * offset - (side - place)) / side
+    else:
+        shift = (torch.rand(n, 2, device=dev) * 2 - 1) * (2 * preset.translate)
     cos, sin = torch.cos(angle) / scale * crop, torch.sin(angle) / scale * crop
     theta = torch.stack(
         [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
@@ -97,7 +108,12 @@ def random_erase(x: torch.Tensor, p: float, area: tuple[float, float]) -> torch.
 
 
 class BatchTransform:
-    """uint8 faces -> normalised float batch at the model's input size, optionally augmented."""
+    """uint8 faces -> normalised float batch at the model's input size, optionally augmented.
+
+    With `crop_size` (the crop recipe; 0: whole faces) the model sees `crop_size` x `crop_size` crops of the
+    48x48 faces at their own scale: random ones in training, the test views of `views` otherwise; `size`
+    is then the model's input side scaled by crop_size / 48 (40 for a 48-pixel model).
+    """
 
     def __init__(
         self,
@@ -106,19 +122,24 @@ class BatchTransform:
         std: tuple[float, ...],
         preset: str = "none",
         channels_last: bool = False,
+        crop_size: int = 0,
     ) -> None:
         self.channels, *hw = input_size
-        self.size = (hw[0], hw[1])
+        if not 0 <= crop_size < FACE_SIZE:
+            raise FerkitError(f"crop_size {crop_size}: expected 1 to {FACE_SIZE - 1}, or 0 for whole faces")
+        self.crop_size = crop_size
+        scale = crop_size / FACE_SIZE if crop_size else 1.0
+        self.size = (round(hw[0] * scale), round(hw[1] * scale))
         self.preset = PRESETS[preset]
         self.channels_last = channels_last
-        self.crop = 1.0  # the fraction of each side sampled (below 1: crops at the faces' scale)
+        self.crop = scale  # the fraction of each side sampled (below 1: crops at the faces' scale)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = to_float(images)
         if self.preset.geometric or self.crop != 1.0:
-            x = random_affine(x, self.preset, self.size, self.crop)
+            x = random_affine(x, self.preset, self.size, self.crop, self.crop_size)
         else:
             x = resize(x, self.size)
         if self.preset.erase > 0:
@@ -128,13 +149,35 @@ class BatchTransform:
     def at_size(self, size: tuple[int, int], crop: bool = False) -> BatchTransform:
         """The same transform, producing `size` images (progressive resizing trains smaller ones first):
         whole faces scaled down, or with `crop` crops of that size at the faces' own scale."""
+        if self.crop_size and tuple(size) == self.size:
+            return self  # a crop model trains at its own size throughout
+        if self.crop_size:
+            raise FerkitError("progressive resizing does not combine with crop_size")
         resized = copy.copy(self)
         resized.size = size
         resized.crop = size[0] / self.size[0] if crop else 1.0
         return resized
 
+    def views(self, x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+        """The test views of float (N, 1, 48, 48) faces that `prepare` takes and TTA averages over: the one
+        place that decides them. Whole faces: `tta_views`. Crops (none: the centre crop; flip: it and its
+        mirror image; tencrop: the four corner crops and the centre one, each also mirrored)."""
+        if not self.crop_size:
+            return tta_views(x, tta)
+        if tta not in TTA_MODES:
+            raise FerkitError(f"--tta {tta!r}: expected one of {', '.join(TTA_MODES)}")
+        far = x.shape[-1] - self.crop_size
+        corners = [(0, 0), (0, far), (far, 0), (far, far)] if tta == "tencrop" else []
+        crops = [x[..., t : t + self.crop_size, s : s + self.crop_size] for t, s in [*corners, centre(far)]]
+        if tta == "none":
+            return crops
+        return crops + [c.flip(-1) for c in crops]
+
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Float [0, 1] faces (N, 1, H, W) -> model input, without augmentation."""
+        """Float [0, 1] views (N, 1, H, W) -> model input, without augmentation; whole 48x48 faces given to
+        a crop transform are centre-cropped first (a crop model never sees whole faces)."""
+        if self.crop_size and x.shape[-1] == FACE_SIZE:
+            x = self.views(x, "none")[0]
         return self.normalize(resize(x, self.size))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,6 +186,11 @@ class BatchTransform:
             x = x.expand(-1, self.channels, -1, -1)
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+
+def centre(far: int) -> tuple[int, int]:
+    """(top, left) of the centre crop when crops may start at 0 .. `far` pixels."""
+    return far // 2, far // 2
 
 
 # shifts of up to 2 pixels, as 44x44 crops of a 48x48 face: chosen on PublicTest with the shipped models

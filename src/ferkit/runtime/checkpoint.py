@@ -44,6 +44,16 @@ def model_payload(model: nn.Module, class_names: list[str] | tuple[str, ...]) ->
     }
 
 
+def crop_size_of(ckpt: dict[str, Any]) -> Any:
+    """The side of the crops a model was trained on (the crop recipe; 0: whole faces): a model card
+    member's own `crop_size`, else the `crop_size` of the training config a checkpoint holds. Files
+    from before the recipe have neither: whole faces."""
+    if "crop_size" in ckpt:
+        return ckpt["crop_size"]
+    config = ckpt.get("config")
+    return config.get("crop_size", 0) if isinstance(config, dict) else 0
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a ferkit checkpoint safely; FerkitError for missing, truncated, foreign or code-carrying files."""
     p = Path(path)
@@ -96,6 +106,9 @@ def _payload_problem(ckpt: dict[str, Any]) -> str:
         return f"input_size {reprlib.repr(size)} is not [channels, height, width]"
     if not (_numbers(ckpt["mean"], size[0]) and _numbers(ckpt["std"], size[0], positive=True)):
         return f"mean and std are not {size[0]} finite numbers each (std above 0)"
+    crop = crop_size_of(ckpt)
+    if not (type(crop) is int and 0 <= crop < 48):
+        return f"crop_size {reprlib.repr(crop)} is not a crop side below 48 (0: whole faces)"
     if not isinstance(ckpt["class_names"], (list, tuple)):
         return f"class_names {reprlib.repr(ckpt['class_names'])} is not a list"
     if not isinstance(state, dict) or not all(

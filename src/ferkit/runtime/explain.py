@@ -77,7 +77,8 @@ def class_indices(classes: Sequence[int | str] | np.ndarray, n: int) -> np.ndarr
 def member_maps(
     member: CheckpointModel, faces: np.ndarray, classes: np.ndarray, batch_size: int
 ) -> np.ndarray:
-    """Grad-CAM maps (N, 48, 48) in [0, 1] of one checkpoint for `classes`, computed at its input size."""
+    """Grad-CAM maps (N, 48, 48) in [0, 1] of one checkpoint for `classes`, computed at its input size (a
+    crop model's on the centre crop, placed where it lies in the face)."""
     grad_cam, target = _grad_cam()
     model = member.model.eval()
     device = next(model.parameters()).device
@@ -86,9 +87,10 @@ def member_maps(
         for idx in batches(len(faces), batch_size, None):
             x = member.transform.prepare(to_float(torch.from_numpy(faces[idx.numpy()]).to(device)))
             maps = cam(input_tensor=x, targets=[target(int(c)) for c in classes[idx.numpy()]])
-            heat = F.interpolate(
-                torch.from_numpy(maps)[:, None], size=(FACE_SIZE, FACE_SIZE), mode="bilinear"
-            )
+            side = member.transform.crop_size or FACE_SIZE  # a crop model sees the centre crop only
+            heat = F.interpolate(torch.from_numpy(maps)[:, None], size=(side, side), mode="bilinear")
+            far = FACE_SIZE - side
+            heat = F.pad(heat, (far // 2, far - far // 2, far // 2, far - far // 2))  # 0 outside the crop
             out.append(heat[:, 0].clamp(0, 1).numpy())
     model.zero_grad(set_to_none=True)
     return np.concatenate(out).astype(np.float32)

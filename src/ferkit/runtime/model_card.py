@@ -1,9 +1,10 @@
 """Models as safetensors + a JSON model card: the format of the model that ships inside ferkit.
 
 The card (`*.json`, format `ferkit-model-card`) names its weights file, describes each member (architecture,
-arguments, input size, normalisation, ensemble weight), the class names, the default test-time augmentation,
-the command that trained it, and the PublicTest/PrivateTest accuracy measured on the card's own weights by
-`ferkit.evaluate.evaluate_model`: the same code `ferkit evaluate` runs, so the two agree by construction.
+arguments, input size, normalisation, a crop model's `crop_size`, ensemble weight), the class names, the
+default test-time augmentation, the command that trained it, and the PublicTest/PrivateTest accuracy
+measured on the card's own weights by `ferkit.evaluate.evaluate_model`: the same code `ferkit evaluate`
+runs, so the two agree by construction.
 Weights are stored as float16 (half the size) or, with `weights_dtype="int8"`, convolution and linear weights
 as int8 with a float16 scale per output channel (a quarter of the size; biases and BatchNorm stay float16);
 accuracy is measured after that rounding.
@@ -86,7 +87,8 @@ def model_from_card(
     for i, member in enumerate(card["members"]):
         prefix = f"{i}."
         state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        payload = {k: member[k] for k in MEMBER_KEYS} | {
+        # crop_size: a crop model's only (cards of whole-face models have none, as before the crop recipe)
+        payload = {k: member[k] for k in (*MEMBER_KEYS, "crop_size") if k in member} | {
             "format": CHECKPOINT_FORMAT,
             "class_names": card["class_names"],
             "model": state,

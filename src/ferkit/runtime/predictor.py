@@ -1,5 +1,5 @@
 """Predict class probabilities for uint8 faces: one checkpoint or a weighted ensemble, with optional
-test-time augmentation (`ferkit.data.transforms.tta_views`; never mixed with single-crop numbers)."""
+test-time augmentation (`BatchTransform.views`; never mixed with single-crop numbers)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from ferkit.classes import CLASS_NAMES
-from ferkit.data.transforms import BatchTransform, to_float, tta_views
+from ferkit.data.transforms import BatchTransform, to_float
 from ferkit.errors import FerkitError
-from ferkit.runtime.checkpoint import check_payload, load_checkpoint, model_from_checkpoint
+from ferkit.runtime.checkpoint import check_payload, crop_size_of, load_checkpoint, model_from_checkpoint
 from ferkit.utils.device import autocast
 
 
@@ -49,11 +49,12 @@ def predict_probs(
     limit: int = 0,
     tta: str = "none",
 ) -> torch.Tensor:
-    """Softmax probabilities (float32, CPU) for uint8 faces, in order; TTA views averaged."""
+    """Softmax probabilities (float32, CPU) for uint8 faces, in order; the TTA views `transform` makes
+    (crops for a crop model) averaged."""
     model.eval()
     out = []
     for idx in batches(len(images), batch_size, None, limit=limit):
-        views = tta_views(to_float(images[idx.to(images.device)]), tta)
+        views = transform.views(to_float(images[idx.to(images.device)]), tta)
         with autocast(images.device, dtype):
             probs = sum(model(transform.prepare(v)).float().softmax(1) for v in views)
         out.append((probs / len(views)).cpu())
@@ -84,7 +85,8 @@ class CheckpointModel:
                 f"{source}: model classes {ckpt['class_names']} do not match FER2013's {list(CLASS_NAMES)}"
             )
         model = model_from_checkpoint(ckpt, source).to(device)
-        tf = BatchTransform(tuple(ckpt["input_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"]))
+        size, mean, std = tuple(ckpt["input_size"]), tuple(ckpt["mean"]), tuple(ckpt["std"])
+        tf = BatchTransform(size, mean, std, crop_size=crop_size_of(ckpt))
         return cls(source, ckpt["arch"], model, tf, ckpt)
 
     @cached_property

@@ -107,6 +107,18 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
     return FaceGraph().eval()
 
 
+def whole_faces_only(predictor: CheckpointModel | Ensemble, source: str) -> None:
+    """FerkitError unless every network of `predictor` takes whole faces: the graph resizes whole faces and
+    its TTA views are whole-face ones, so a crop model (`crop_size`) would run on inputs it never saw."""
+    from ferkit.runtime.predictor import members_and_weights
+
+    crops = sorted({m.transform.crop_size for m in members_and_weights(predictor)[0]} - {0})
+    if crops:
+        raise FerkitError(
+            f"{source}: ONNX export takes whole-face models only, not crop models (crop_size {crops[0]})"
+        )
+
+
 def _describe(model_path: str, predictor: CheckpointModel | Ensemble, tta: str) -> dict[str, str]:
     """Metadata stored in the ONNX file (strings): what it is, where it came from, how to feed it."""
     from ferkit.runtime.predictor import members_and_weights
@@ -341,6 +353,7 @@ def export_onnx(
         raise FerkitError("the parity check needs at least one face")
     x = faces_to_float(faces)
     predictor, tta = load_predictor(model_path, "cpu")
+    whole_faces_only(predictor, model_path)
     check_output(output)
     with torch.no_grad():
         parity = _Parity(model_path, output, x, predictor.predict(faces, "none", batch_size), batch_size)

@@ -14,7 +14,7 @@ from ferkit.errors import FerkitError
 from ferkit.evaluation.evaluate import evaluate_model
 from ferkit.runtime.loading import load_predictor
 from ferkit.runtime.model_card import CARD_FORMAT, MEMBER_KEYS, SCALE_PREFIX, sha256, to_storage
-from ferkit.runtime.predictor import members_and_weights
+from ferkit.runtime.predictor import CheckpointModel, members_and_weights
 from ferkit.utils.io import atomic_write, atomic_write_json
 from ferkit.version import __version__
 
@@ -29,6 +29,13 @@ def git_commit() -> str:
         check=False,
     )
     return out.stdout.strip() or "unknown"
+
+
+def member_entry(member: CheckpointModel, weight: float) -> dict[str, Any]:
+    """A card's description of one member: what rebuilds it, its crop side when it is a crop model (so it
+    is tested on crops again; whole-face members' entries stay as before), its voting weight."""
+    crop = {"crop_size": member.transform.crop_size} if member.transform.crop_size else {}
+    return {k: member.ckpt[k] for k in MEMBER_KEYS} | crop | {"weight": weight}
 
 
 def write_model_card(
@@ -76,10 +83,7 @@ def write_model_card(
             )
         ),
         "weights_dtype": weights_dtype,
-        "members": [
-            {k: m.ckpt[k] for k in MEMBER_KEYS} | {"weight": float(w)}
-            for m, w in zip(members, weights, strict=True)
-        ],
+        "members": [member_entry(m, float(w)) for m, w in zip(members, weights, strict=True)],
         "class_names": list(CLASS_NAMES),
         "input": "N x 1 x 48 x 48 grayscale faces; each member resizes and normalises with its mean/std",
         "tta": tta,

@@ -78,11 +78,13 @@ def run_folder(cfg: TrainConfig, rank: int, world: int) -> Path:
 def transforms(
     cfg: TrainConfig, model: nn.Module, channels_last: bool
 ) -> tuple[BatchTransform, BatchTransform]:
-    """The training (augmented) and evaluation transforms at the model's input size; a FerkitError when
+    """The training (augmented) and evaluation transforms at the model's input size (with --crop_size, on
+    crops of that side: random ones in training, centre ones for the evaluation); a FerkitError when
     --progressive_resize does not fit that size."""
     mcfg = model.default_cfg
-    train_tf = BatchTransform(mcfg["input_size"], mcfg["mean"], mcfg["std"], cfg.augment, channels_last)
-    eval_tf = BatchTransform(mcfg["input_size"], mcfg["mean"], mcfg["std"], "none", channels_last)
+    size, mean, std, crop = mcfg["input_size"], mcfg["mean"], mcfg["std"], cfg.crop_size
+    train_tf = BatchTransform(size, mean, std, cfg.augment, channels_last, crop_size=crop)
+    eval_tf = BatchTransform(size, mean, std, "none", channels_last, crop_size=crop)
     if cfg.progressive_resize and not 16 <= cfg.progressive_resize <= min(train_tf.size):
         raise FerkitError(
             f"--progressive_resize {cfg.progressive_resize}: expected 16 to {min(train_tf.size)} "

@@ -82,6 +82,18 @@ def test_training_crops_are_random_whole_pixel_crops_inside_the_face() -> None:
     assert crop_transform(preset="standard")(faces).shape == (64, 1, 40, 40)
 
 
+def test_a_crop_run_trains_and_validates_on_crops() -> None:
+    from ferkit.models import create_model
+    from ferkit.training.setup import transforms
+
+    train_tf, eval_tf = transforms(TrainConfig(crop_size=40), create_model("cnn"), channels_last=False)
+    assert train_tf.crop_size == eval_tf.crop_size == 40 and train_tf.size == eval_tf.size == (40, 40)
+    assert train_tf.preset.geometric and not eval_tf.preset.geometric
+    assert train_tf.at_size((40, 40)) is train_tf  # the loop's per-epoch size, without progressive resizing
+    faces = torch.randint(0, 256, (4, 48, 48), dtype=torch.uint8)
+    assert train_tf(faces).shape == (4, 1, 40, 40)
+
+
 def test_bad_crop_options_are_refused() -> None:
     with pytest.raises(FerkitError, match="do not combine"):
         TrainConfig(crop_size=40, progressive_resize=32).validate()

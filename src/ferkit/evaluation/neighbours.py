@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ferkit.data.transforms import to_float, tta_views
+from ferkit.data.transforms import to_float
 from ferkit.errors import FerkitError
 from ferkit.runtime.predictor import CheckpointModel, Predictor, batches, members_and_weights
 from ferkit.utils.device import autocast
@@ -46,7 +46,7 @@ def member_features(
     out = []
     try:
         for idx in batches(len(data), batch_size, None):
-            views = tta_views(to_float(data[idx.to(device)]), tta)
+            views = member.transform.views(to_float(data[idx.to(device)]), tta)
             captured.clear()
             with autocast(device, member.dtype):
                 for v in views:

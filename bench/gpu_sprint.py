@@ -193,7 +193,8 @@ def train_members(members: list[Member], args: argparse.Namespace, log: Log) -> 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            status[name] = "stopped at the deadline (resumes on the next run)"
+            stopped = proc.returncode != 0 or not member.finished  # it may have ended just then
+            status[name] = "stopped at the deadline (resumes on the next run)" if stopped else "finished"
         else:
             status[name] = "finished" if code == 0 and member.finished else f"failed (exit {code})"
         lines = (member.run / "train.log").read_text(errors="replace").strip().splitlines()

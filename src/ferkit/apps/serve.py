@@ -407,14 +407,6 @@ class _Session:
     seen: float  # time.monotonic()
 
 
-def forget_stale_tracks(smoother: Any, now: float) -> None:
-    """Drop the history of tracks without a frame in the smoothing window ending `now`: the smoother would
-    drop it at their next frame anyway, and a long session keeps only its recent tracks."""
-    stale = [t for t, h in smoother.history.items() if h and h[-1][0] <= now - smoother.seconds]
-    for track in stale:
-        del smoother.history[track]
-
-
 class WebcamSessions:
     """Each webcam session's tracker and smoother (`ferkit.apps.video`'s, as `ferkit predict` uses on a
     video), for the `limit` most recently used sessions, each forgotten after `idle_s` without a frame.
@@ -462,7 +454,6 @@ class WebcamSessions:
         now = time.monotonic()
         state.seen = now
         self.sessions.move_to_end(tracking.session)
-        forget_stale_tracks(state.smoother, now)
         return track_faces(faces, state.tracker, state.smoother, now)
 
 

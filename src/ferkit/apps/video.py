@@ -171,6 +171,12 @@ class Smoother:
             h.popleft()
         return np.mean([q for _, q in h], axis=0)
 
+    def forget(self, now: float) -> None:
+        """Drop the history of tracks without a frame in the window ending `now` (their next frame would
+        drop it anyway), so a long video or webcam session keeps only its recent tracks."""
+        for track in [t for t, h in self.history.items() if h and h[-1][0] <= now - self.seconds]:
+            del self.history[track]
+
 
 @dataclass
 class TrackSummary:
@@ -235,6 +241,7 @@ def track_faces(faces: list[Any], tracker: FaceTracker, smoother: Smoother, time
     """One frame's faces (`Face`s, at `time` seconds), each with its `track` id and its track's smoothed
     probabilities: what `analyse` does to every frame, and `ferkit serve` to each webcam frame."""
     ids = tracker.assign([f.box for f in faces])
+    smoother.forget(time)
     return [
         _smoothed(face, track, smoother(track, time, _probs(face)))
         for face, track in zip(faces, ids, strict=True)

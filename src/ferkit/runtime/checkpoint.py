@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ferkit.data.transforms import FACE_SIZE
 from ferkit.errors import FerkitError
 from ferkit.models import create_model
 from ferkit.utils.io import atomic_write
@@ -107,8 +108,8 @@ def _payload_problem(ckpt: dict[str, Any]) -> str:
     if not (_numbers(ckpt["mean"], size[0]) and _numbers(ckpt["std"], size[0], positive=True)):
         return f"mean and std are not {size[0]} finite numbers each (std above 0)"
     crop = crop_size_of(ckpt)
-    if not (type(crop) is int and 0 <= crop < 48):
-        return f"crop_size {reprlib.repr(crop)} is not a crop side below 48 (0: whole faces)"
+    if not (type(crop) is int and 0 <= crop < FACE_SIZE):
+        return f"crop_size {reprlib.repr(crop)} is not a crop side below {FACE_SIZE} (0: whole faces)"
     if not isinstance(ckpt["class_names"], (list, tuple)):
         return f"class_names {reprlib.repr(ckpt['class_names'])} is not a list"
     if not isinstance(state, dict) or not all(

@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ferkit.apps.detectors import HaarDetector, create_detector
 from ferkit.apps.faces import crop_face, to_gray, upright_image
-from ferkit.apps.recognizer import FaceCrop, ImageInput, gray_of, load_recognizer
+from ferkit.apps.recognizer import FaceCrop, ImageInput, load_recognizer, pixels_of
 from ferkit.classes import CLASS_NAMES
 from ferkit.errors import FerkitError
 
@@ -93,11 +93,11 @@ class FER:
         Examples:
             >>> FER().detect_emotions(bgr_image)[0]["emotions"]["happy"]
         """
-        gray = bgr_to_gray(img)
+        pixels = bgr_to_pixels(img)
         if face_rectangles is None:
-            crops = self.recognizer.face_crops(gray)
+            crops = self.recognizer.face_crops(pixels)  # the detector sees colour, as in ferkit predict
         else:
-            crops = given_crops(gray, face_rectangles)
+            crops = given_crops(to_gray(pixels), face_rectangles)
         self.emotions = [
             {
                 "box": list(face.box),
@@ -134,23 +134,24 @@ def given_crops(gray: np.ndarray, boxes: Sequence[Sequence[int]]) -> list[FaceCr
     return crops
 
 
-def bgr_to_gray(img: Any) -> np.ndarray:
-    """uint8 gray of what fer takes: a BGR, BGRA or gray array, a path, or a base64 `data:image/` URI."""
+def bgr_to_pixels(img: Any) -> np.ndarray:
+    """uint8 RGB (or gray, for a gray input) of what fer takes: a BGR, BGRA or gray array, a path, or a
+    base64 `data:image/` URI."""
     if isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] in (3, 4):
-        code = cv2.COLOR_BGR2GRAY if img.shape[2] == 3 else cv2.COLOR_BGRA2GRAY
+        code = cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGB
         return cv2.cvtColor(np.ascontiguousarray(img), code)
     if isinstance(img, str) and img.startswith("data:image/"):
-        return data_uri_gray(img)
+        return data_uri_pixels(img)
     image: ImageInput = img
-    return gray_of(image)
+    return pixels_of(image)
 
 
-def data_uri_gray(uri: str) -> np.ndarray:
-    """uint8 gray of a base64 `data:image/...;base64,...` URI."""
+def data_uri_pixels(uri: str) -> np.ndarray:
+    """uint8 RGB or gray of a base64 `data:image/...;base64,...` URI."""
     try:
         data = base64.b64decode(uri.split(",", 1)[1], validate=True)
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return to_gray(upright_image(im))
+            return np.asarray(upright_image(im))
     except (IndexError, binascii.Error, UnidentifiedImageError, OSError, ValueError) as e:
         raise FerkitError(f"data:image URI: not a readable base64 image ({e.__class__.__name__})") from None

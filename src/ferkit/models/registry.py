@@ -42,7 +42,7 @@ def create_model(
     drop_rate: float = 0.0,
     **kwargs,
 ) -> nn.Module:
-    """Build model ``name``; ``pretrained`` is True (ImageNet via torchvision) or a local weights file.
+    """Build model ``name``; ``pretrained`` is True (ImageNet weights: `load_pretrained`) or a local file.
 
     The model gets ``arch`` (its name), ``default_cfg`` (input_size, mean, std, ...) and ``model_args``,
     the kwargs that rebuild it with ``create_model(arch, **model_args)``.

@@ -42,15 +42,13 @@ def target_layer(model: nn.Module, source: str) -> nn.Module:
     activation after it in its block (cnn/vgg's last conv block, efficientnet/mobilenet's features[-1]),
     or the residual block holding it (a resnet's last layer4 block); the convolution itself otherwise.
     Activated features localise better than the raw convolution output."""
-    convs = [
-        (parent, name)
-        for parent in model.modules()
-        for name, c in parent.named_children()
-        if isinstance(c, nn.Conv2d)
-    ]
+    convs = [path for path, module in model.named_modules() if isinstance(module, nn.Conv2d)]
     if not convs:
         raise FerkitError(f"{source}: the model has no convolution to explain")
-    parent, name = convs[-1]
+    parent_path, _, name = convs[-1].rpartition(".")
+    parent = model.get_submodule(parent_path)
+    if parent is model:  # a head convolution right in the network (EfficientNet-Lite): the convolution
+        return getattr(parent, name)
     if not isinstance(parent, nn.Sequential):
         return parent  # a block with its own forward (e.g. a residual block): its output is activated
     children = list(parent.named_children())

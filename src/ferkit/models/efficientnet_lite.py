@@ -66,8 +66,9 @@ class MBConv(nn.Module):
         if not self.skip:
             return out
         if self.training and self.drop:
-            keep = torch.rand(out.shape[0], 1, 1, 1, device=out.device) >= self.drop
-            out = out * keep.to(out.dtype) / (1 - self.drop)
+            from torchvision.ops import stochastic_depth  # imported on first use, as torchvision's models are
+
+            out = stochastic_depth(out, self.drop, "row", training=True)
         return out + x
 
 

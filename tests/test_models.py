@@ -9,6 +9,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from ferkit.classes import CLASS_NAMES, NUM_CLASSES
+from ferkit.data.transforms import BatchTransform, to_float
 from ferkit.errors import FerkitError
 from ferkit.models import (
     adapt_input_conv,
@@ -58,6 +59,22 @@ def test_forward_backward(name: str) -> None:
     logits.logsumexp(dim=1).mean().backward()
     for key, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), key
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_takes_the_crop_recipes_inputs(name: str) -> None:
+    """--crop_size 40 trains any model on crops of its own input scaled by 40/48 (40x40 for 48-pixel
+    nets): the network must accept them, in training and with the ten test crops."""
+    model = create_model(name)
+    cfg = model.default_cfg
+    faces = torch.randint(0, 256, (2, 1, 48, 48), dtype=torch.uint8)
+    train_tf = BatchTransform(cfg["input_size"], cfg["mean"], cfg["std"], "standard", crop_size=40)
+    model(train_tf(faces)).logsumexp(dim=1).mean().backward()
+    eval_tf = BatchTransform(cfg["input_size"], cfg["mean"], cfg["std"], crop_size=40)
+    with torch.no_grad():
+        views = eval_tf.views(to_float(faces), "tencrop")
+        assert len(views) == 10
+        assert all(model.eval()(eval_tf.prepare(v)).shape == (2, NUM_CLASSES) for v in views)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -200,12 +200,35 @@ def test_a_shipped_crop_model_keeps_its_crop(
     faces = load_dataset(tiny_real_csv).images[:32]
     original = CheckpointModel.load(crop_checkpoint, CPU)
     assert np.abs(original.predict(faces, "tencrop") - shipped.predict(faces, "tencrop")).max() < 5e-3
-    # an ONNX graph takes whole faces: a crop model is refused, not run on them
+    # an ONNX graph takes whole faces and crops their centre: it cannot take a crop model's ten crops
     proc = run_ferkit(
         "export", "--model_path", card_path, "--output", tmp_path / "crop.onnx", "--data", tiny_real_csv
     )
-    assert_one_line_error(proc, "whole-face models only", "crop_size 40")
+    assert_one_line_error(proc, "ten-crop", "crop_size 40", "--tta flip")
     assert not (tmp_path / "crop.onnx").exists()
+
+
+def test_an_exported_crop_model_sees_its_centre_crop(
+    run_ferkit, crop_checkpoint: Path, tiny_real_csv, tmp_path
+) -> None:
+    """The ONNX graph of a crop model crops the centre of the whole face it is given, so it agrees with
+    PyTorch without TTA and with flip; ten-crop (corner crops) is refused, not run on other views."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from ferkit.runtime.onnx import OnnxPredictor
+
+    onnx_path = tmp_path / "crop.onnx"
+    proc = run_ferkit(
+        "export", "--model_path", crop_checkpoint, "--output", onnx_path, "--data", tiny_real_csv
+    )
+    assert proc.returncode == 0, proc.stderr
+    exported, original = OnnxPredictor(onnx_path), CheckpointModel.load(crop_checkpoint, CPU)
+    assert exported.crop_sizes == [40]
+    faces = load_dataset(tiny_real_csv).images[:48]
+    for tta in ("none", "flip"):
+        assert np.abs(exported.predict(faces, tta) - original.predict(faces, tta)).max() < 1e-4, tta
+    with pytest.raises(FerkitError, match="ten-crop TTA of a crop model .crop_size 40."):
+        exported.predict(faces, "tencrop")
 
 
 def test_grad_cam_of_a_crop_model_covers_its_centre_crop(crop_checkpoint: Path, tiny_real_csv) -> None:

@@ -61,6 +61,17 @@ def faces_to_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / np.float32(255.0)
 
 
+def check_crop_tta(crop_sizes: list[int], tta: str, source: str) -> None:
+    """FerkitError when ten-crop TTA meets a crop model in a graph: the graph takes whole faces and crops
+    their centre, so it cannot take the corner crops a crop model's ten-crop averages."""
+    if tta == "tencrop" and any(crop_sizes):
+        raise FerkitError(
+            f"{source}: ten-crop TTA of a crop model (crop_size {max(crop_sizes)}) takes corner crops, which "
+            "an ONNX graph of whole faces cannot; use --tta flip or none (ferkit ship --tta flip sets a "
+            "card's default)"
+        )
+
+
 class OnnxPredictor:
     """An exported ferkit model on ONNX Runtime, with `CheckpointModel.predict`'s interface."""
 
@@ -88,6 +99,7 @@ class OnnxPredictor:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.arch = self.metadata.get("arch", "onnx")
         self.default_tta = self.metadata.get("tta", "none")
+        self.crop_sizes = self._crop_sizes(p)
         names = self.metadata.get("class_names")
         try:
             classes = json.loads(names) if names else list(CLASS_NAMES)
@@ -96,13 +108,27 @@ class OnnxPredictor:
         if classes != list(CLASS_NAMES):
             raise FerkitError(f"{p}: model classes {names} do not match FER2013's {list(CLASS_NAMES)}")
 
+    def _crop_sizes(self, path: Path) -> list[int]:
+        """The crop side of each network in the graph (0: whole faces), from the file's metadata (files of
+        ferkit before crop models: none)."""
+        try:
+            sizes = json.loads(self.metadata.get("crop_sizes", "[]"))
+        except (ValueError, RecursionError):
+            sizes = None
+        if not isinstance(sizes, list) or not all(isinstance(c, int) and 0 <= c < 48 for c in sizes):
+            raise FerkitError(
+                f"{path}: metadata crop_sizes {self.metadata['crop_sizes']!r} is not a list of sides"
+            )
+        return sizes
+
     def predict(self, images: np.ndarray, tta: str = "none", batch_size: int = 512) -> np.ndarray:
         """Probabilities (N, 7) as float64, in the order of `images` (uint8 N x 48 x 48); TTA averaged.
-        FerkitError when they are not finite (a damaged graph)."""
+        FerkitError when they are not finite (a damaged graph), or for ten-crop TTA of crop models."""
         import torch
 
         from ferkit.data.transforms import tta_views  # torch: only once a model runs
 
+        check_crop_tta(self.crop_sizes, tta, self.path)
         x = faces_to_float(images)
         out = []
         for i in range(0, len(x), batch_size):

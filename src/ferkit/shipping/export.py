@@ -1,11 +1,13 @@
 """ONNX export of a checkpoint or an ensemble spec, and an ONNX Runtime predictor with ferkit's interface.
 
 The exported graph is self-contained: it takes gray faces as float32 `N x 1 x 48 x 48` in [0, 1] and does
-the model's own preprocessing inside (bilinear resize to its input size, channel expansion, mean/std
-normalisation), then returns softmax probabilities `N x 7` (an ensemble: the weighted mean of its
-members'). The batch dimension is dynamic. Test-time augmentation stays outside the graph:
-`OnnxPredictor.predict(..., tta=...)` averages the views `ferkit.data.transforms.tta_views` makes, as
-`CheckpointModel.predict` does.
+the model's own preprocessing inside (a crop model's centre crop, bilinear resize to its input size,
+channel expansion, mean/std normalisation), then returns softmax probabilities `N x 7` (an ensemble: the
+weighted mean of its members'). The batch dimension is dynamic. Test-time augmentation stays outside the
+graph: `OnnxPredictor.predict(..., tta=...)` averages the views `ferkit.data.transforms.tta_views` makes,
+as `CheckpointModel.predict` does. For a crop model those views equal its own for no TTA and flip (the
+mirror image of the centre crop is the centre crop of the mirror image), not for ten-crop, which takes
+corner crops: a graph with crop models refuses ten-crop.
 
 Heavy imports (torch, onnx, onnxruntime) happen inside the functions, so the CLI parser stays fast.
 """
@@ -29,6 +31,7 @@ from ferkit.runtime.onnx import (
     INPUT_NAME,
     INSTALL_HINT,
     OUTPUT_NAME,
+    check_crop_tta,
     faces_to_float,
     import_onnxruntime,
     onnx_session,
@@ -66,8 +69,9 @@ def _import_exporter():
 def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
     """A module: float (N, 1, 48, 48) in [0, 1] -> probabilities (N, 7), preprocessing inside.
 
-    Each member resizes (bilinear, as `BatchTransform.prepare`), expands channels and normalises with its
-    own checkpoint's input size, mean and std; member probabilities are mixed with normalised weights.
+    Each member takes its centre crop (a crop model), resizes (bilinear), both as `BatchTransform.prepare`
+    does, expands channels and normalises with its own checkpoint's input size, mean and std; member
+    probabilities are mixed with normalised weights.
     """
     import torch
     import torch.nn.functional as F
@@ -83,6 +87,7 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
             super().__init__()
             self.nets = nn.ModuleList(m.model for m in members)
             self.sizes = [tuple(m.transform.size) for m in members]
+            self.crops = [crop_window(m.transform.crop_size) for m in members]
             self.channels = [int(m.transform.channels) for m in members]
             self.weights = weights
             for i, m in enumerate(members):
@@ -93,7 +98,10 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
             out = None
             for i, net in enumerate(self.nets):
                 x = images
-                if self.sizes[i] != (48, 48):
+                if self.crops[i] is not None:
+                    start, end = self.crops[i]
+                    x = x[..., start:end, start:end]
+                if tuple(x.shape[-2:]) != self.sizes[i]:
                     x = F.interpolate(x, size=self.sizes[i], mode="bilinear", align_corners=False)
                 if self.channels[i] != 1:
                     x = x.expand(-1, self.channels[i], -1, -1)
@@ -107,16 +115,22 @@ def build_graph_module(predictor: CheckpointModel | Ensemble) -> nn.Module:
     return FaceGraph().eval()
 
 
-def whole_faces_only(predictor: CheckpointModel | Ensemble, source: str) -> None:
-    """FerkitError unless every network of `predictor` takes whole faces: the graph resizes whole faces and
-    its TTA views are whole-face ones, so a crop model (`crop_size`) would run on inputs it never saw."""
+def crop_window(crop_size: int) -> tuple[int, int] | None:
+    """(start, end) of a crop model's centre crop in a 48x48 face, as `BatchTransform.views` takes it;
+    None for a whole-face model."""
+    from ferkit.data.transforms import FACE_SIZE, centre  # torch: only once a model is exported
+
+    if not crop_size:
+        return None
+    start = centre(FACE_SIZE - crop_size)[0]
+    return start, start + crop_size
+
+
+def crop_sizes(predictor: CheckpointModel | Ensemble) -> list[int]:
+    """The crop side of each network of `predictor` (0: whole faces)."""
     from ferkit.runtime.predictor import members_and_weights
 
-    crops = sorted({m.transform.crop_size for m in members_and_weights(predictor)[0]} - {0})
-    if crops:
-        raise FerkitError(
-            f"{source}: ONNX export takes whole-face models only, not crop models (crop_size {crops[0]})"
-        )
+    return [int(m.transform.crop_size) for m in members_and_weights(predictor)[0]]
 
 
 def _describe(model_path: str, predictor: CheckpointModel | Ensemble, tta: str) -> dict[str, str]:
@@ -134,6 +148,7 @@ def _describe(model_path: str, predictor: CheckpointModel | Ensemble, tta: str) 
         "input": f"{INPUT_NAME}: float32 N x 1 x 48 x 48 gray faces in [0, 1]",
         "output": f"{OUTPUT_NAME}: float32 N x {NUM_CLASSES} softmax probabilities",
         "tta": tta,
+        "crop_sizes": json.dumps(crop_sizes(predictor)),
     }
 
 
@@ -353,7 +368,7 @@ def export_onnx(
         raise FerkitError("the parity check needs at least one face")
     x = faces_to_float(faces)
     predictor, tta = load_predictor(model_path, "cpu")
-    whole_faces_only(predictor, model_path)
+    check_crop_tta(crop_sizes(predictor), tta, model_path)
     check_output(output)
     with torch.no_grad():
         parity = _Parity(model_path, output, x, predictor.predict(faces, "none", batch_size), batch_size)

@@ -2,10 +2,11 @@
 each pair disagrees, and the ensemble's PublicTest accuracy as members are added greedily (each step
 adds the member that raises PublicTest most, with voting weights fitted on PublicTest).
 
-    FERKIT_DATA=../shared/data/fer2013.csv.gz python bench/members.py [MODEL ...] [--tta flip]
+    FERKIT_DATA=../shared/data/fer2013.csv.gz python bench/members.py [MODEL ...] [--tta flip] [--max_mb 20]
 
 MODEL: a checkpoint, run folder (its best.pth), ensemble spec, model card or shipped name; an ensemble
-or card stands for each of its networks. Default: the shipped ensemble's networks. PrivateTest is only
+or card stands for each of its networks. Default: the shipped ensemble's networks. `--max_mb` keeps the
+greedy sets within a shipped model's size (int8: a megabyte per million parameters). PrivateTest is only
 reported for the sets PublicTest chose.
 """
 
@@ -40,13 +41,25 @@ def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float((probs.argmax(1) == labels).mean())
 
 
-def greedy(probs: list[np.ndarray], labels: np.ndarray) -> list[tuple[list[int], np.ndarray, float]]:
-    """Forward selection: (chosen members, their fitted weights, PublicTest accuracy) after each step."""
+def int8_mb(model: object) -> float:
+    """Megabytes of a network's int8 weights: one byte a parameter."""
+    return sum(p.numel() for p in model.model.parameters()) / 1e6
+
+
+def greedy(
+    probs: list[np.ndarray], labels: np.ndarray, sizes: list[float], max_mb: float = float("inf")
+) -> list[tuple[list[int], np.ndarray, float]]:
+    """Forward selection: (chosen members, their fitted weights, PublicTest accuracy) after each step,
+    among the members that keep the set's int8 `sizes` within `max_mb`."""
     chosen: list[int] = []
     steps = []
-    while len(chosen) < len(probs):
+    while True:
+        room = max_mb - sum(sizes[j] for j in chosen)
+        candidates = [i for i in range(len(probs)) if i not in chosen and sizes[i] <= room]
+        if not candidates:
+            return steps
         best = None
-        for i in (i for i in range(len(probs)) if i not in chosen):
+        for i in candidates:
             trial = [*chosen, i]
             w = fit_weights([probs[j] for j in trial], labels) if len(trial) > 1 else np.ones(1)
             acc = accuracy(combine([probs[j] for j in trial], w / w.sum()), labels)
@@ -54,7 +67,6 @@ def greedy(probs: list[np.ndarray], labels: np.ndarray) -> list[tuple[list[int],
                 best = (trial, w / w.sum(), acc)
         chosen = best[0]
         steps.append(best)
-    return steps
 
 
 def main() -> None:
@@ -62,6 +74,7 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=["ferkit-fer2013"])
     parser.add_argument("--tta", default="flip", choices=("none", "flip", "tencrop"))
     parser.add_argument("--data", default=os.environ.get("FERKIT_DATA", ""))
+    parser.add_argument("--max_mb", type=float, default=float("inf"), help="size cap of a set, int8 MB")
     args = parser.parse_args()
     ds = load_dataset(args.data)
     public, private = ds.split("PublicTest", True), ds.split("PrivateTest", True)
@@ -69,9 +82,10 @@ def main() -> None:
     pub = [m.predict(public.images, args.tta) for _, m in nets]
     priv = [m.predict(private.images, args.tta) for _, m in nets]
     print(f"models: {' '.join(args.models)}; tta {args.tta}; load average {os.getloadavg()[0]:.1f}\n")
-    print("| # | network | PublicTest |\n|---:|---|---:|")
+    sizes = [int8_mb(m) for _, m in nets]
+    print("| # | network | int8 MB | PublicTest |\n|---:|---|---:|---:|")
     for i, ((label, _), p) in enumerate(zip(nets, pub, strict=True)):
-        print(f"| {i} | {label} | {accuracy(p, public.labels):.2%} |")
+        print(f"| {i} | {label} | {sizes[i]:.1f} | {accuracy(p, public.labels):.2%} |")
     preds = [p.argmax(1) for p in pub]
     print("\nPairwise disagreement on PublicTest (share of faces the two label differently):\n")
     print("| | " + " | ".join(str(j) for j in range(len(nets))) + " |")
@@ -79,12 +93,14 @@ def main() -> None:
     for i in range(len(nets)):
         cells = [f"{(preds[i] != preds[j]).mean():.1%}" if j != i else "-" for j in range(len(nets))]
         print(f"| {i} | " + " | ".join(cells) + " |")
-    print("\nGreedy addition (weights fitted on PublicTest):\n")
-    print("| members | weights | PublicTest | PrivateTest |\n|---|---|---:|---:|")
-    for chosen, w, acc in greedy(pub, public.labels):
+    cap = f", at most {args.max_mb:g} MB" if args.max_mb != float("inf") else ""
+    print(f"\nGreedy addition (weights fitted on PublicTest{cap}):\n")
+    print("| members | weights | int8 MB | PublicTest | PrivateTest |\n|---|---|---:|---:|---:|")
+    for chosen, w, acc in greedy(pub, public.labels, sizes, args.max_mb):
         priv_acc = accuracy(combine([priv[j] for j in chosen], w), private.labels)
         names, weights = ", ".join(map(str, chosen)), ", ".join(f"{x:.2f}" for x in w)
-        print(f"| {names} | {weights} | {acc:.2%} | {priv_acc:.2%} |")
+        mb = sum(sizes[j] for j in chosen)
+        print(f"| {names} | {weights} | {mb:.1f} | {acc:.2%} | {priv_acc:.2%} |")
 
 
 if __name__ == "__main__":

@@ -79,10 +79,13 @@ def main() -> None:
     ds = load_dataset(args.data)
     public, private = ds.split("PublicTest", True), ds.split("PrivateTest", True)
     nets = networks(args.models)
+    sizes = [int8_mb(m) for _, m in nets]
+    if not args.max_mb >= min(sizes):  # before minutes of predictions; also catches nan
+        smallest = min(sizes)
+        raise FerkitError(f"--max_mb {args.max_mb:g}: no network fits, the smallest takes {smallest:.1f} MB")
     pub = [m.predict(public.images, args.tta) for _, m in nets]
     priv = [m.predict(private.images, args.tta) for _, m in nets]
     print(f"models: {' '.join(args.models)}; tta {args.tta}; load average {os.getloadavg()[0]:.1f}\n")
-    sizes = [int8_mb(m) for _, m in nets]
     print("| # | network | int8 MB | PublicTest |\n|---:|---|---:|---:|")
     for i, ((label, _), p) in enumerate(zip(nets, pub, strict=True)):
         print(f"| {i} | {label} | {sizes[i]:.1f} | {accuracy(p, public.labels):.2%} |")

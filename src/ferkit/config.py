@@ -41,6 +41,11 @@ class TrainConfig:
     width: int = option(
         0, "cnn only: channels of the first stage, doubled at each (0: the default, 32)", minimum=0
     )
+    img_size: int = option(
+        0,
+        "mobilenet_v2 and efficientnet_b0/b2 only: the side faces are resized to (0: the model's own)",
+        minimum=0,
+    )
     pretrained: str = option(
         "", "'imagenet' for ImageNet weights, or a local weights file; empty: from scratch"
     )
@@ -181,6 +186,8 @@ class TrainConfig:
             raise FerkitError("--crop_size and --progressive_resize do not combine: choose one")
         if self.crop_size and self.crop_size < 16:
             raise FerkitError(f"--crop_size {self.crop_size}: expected 16 to 47 pixels, or 0 for whole faces")
+        if self.img_size and not 32 <= self.img_size <= 512:
+            raise FerkitError(f"--img_size {self.img_size}: expected 32 to 512 pixels, or 0 for the model's")
         if self.resume and not self.output_dir:
             raise FerkitError("--resume needs --output_dir (the run folder holding last.pth)")
 

@@ -15,16 +15,21 @@ def _efficientnet(arch: str, size: int, num_classes: int, in_chans: int, drop_ra
     nn.init.normal_(head.weight, std=0.01)
     nn.init.zeros_(head.bias)
     model.default_cfg = torchvision_cfg(arch, in_chans, size, "features.0.0", "classifier")
+    model.model_args = {"img_size": size}
     return model
 
 
 @register_model
-def efficientnet_b0(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool) -> nn.Module:
-    """torchvision EfficientNet-B0 at 96x96."""
-    return _efficientnet("efficientnet_b0", 96, num_classes, in_chans, drop_rate)
+def efficientnet_b0(
+    *, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, img_size: int = 96
+) -> nn.Module:
+    """torchvision EfficientNet-B0 at 96x96 (or ``img_size``)."""
+    return _efficientnet("efficientnet_b0", img_size, num_classes, in_chans, drop_rate)
 
 
 @register_model
-def efficientnet_b2(*, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool) -> nn.Module:
-    """torchvision EfficientNet-B2 at 112x112."""
-    return _efficientnet("efficientnet_b2", 112, num_classes, in_chans, drop_rate)
+def efficientnet_b2(
+    *, num_classes: int, in_chans: int, drop_rate: float, pretrained: bool, img_size: int = 112
+) -> nn.Module:
+    """torchvision EfficientNet-B2 at 112x112 (or ``img_size``)."""
+    return _efficientnet("efficientnet_b2", img_size, num_classes, in_chans, drop_rate)

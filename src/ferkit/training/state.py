@@ -46,7 +46,7 @@ class TrainState:
     ) -> TrainState:
         """A fresh run: `cfg.model` initialised from `cfg.seed` (or pretrained weights) on `device`."""
         torch.manual_seed(cfg.seed)
-        arch_kwargs = {"width": cfg.width} if cfg.width else {}
+        arch_kwargs = {k: v for k, v in (("width", cfg.width), ("img_size", cfg.img_size)) if v}
         pretrained = True if cfg.pretrained == "imagenet" else (cfg.pretrained or False)
         model = create_model(cfg.model, drop_rate=cfg.drop_rate, pretrained=pretrained, **arch_kwargs)
         memory = torch.channels_last if channels_last else torch.contiguous_format

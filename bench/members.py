@@ -33,7 +33,7 @@ def networks(models: list[str]) -> list[tuple[str, object]]:
         members, _ = members_and_weights(load_predictor(str(path), "cpu")[0])
         name = Path(model).name if Path(model).is_dir() else Path(str(model)).stem
         for i, m in enumerate(members):
-            found.append((f"{name}[{i}] {m.arch}" if len(members) > 1 else f"{name} {m.arch}", m))
+            found.append((f"{name}#{i} {m.arch}" if len(members) > 1 else f"{name} {m.arch}", m))
     return found
 
 

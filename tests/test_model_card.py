@@ -128,6 +128,27 @@ def test_an_ensemble_ships_as_one_file_with_its_weights(tmp_path, tiny_checkpoin
     assert np.abs(ensemble.predict(faces) - shipped.predict(faces)).max() < 5e-3
 
 
+def test_model_hash_n_is_one_network_of_an_ensemble(tmp_path, tiny_real_csv, run_ferkit) -> None:
+    """`ferkit-fer2013#N` is the shipped ensemble's network N alone, and ensembles can be built of such
+    networks (so a new ensemble can keep some of the shipped one's members)."""
+    faces = load_dataset(tiny_real_csv).images[:16]
+    shipped, _ = load_predictor("ferkit-fer2013", "cpu")
+    n = len(shipped.members)
+    last, tta = load_predictor(f"ferkit-fer2013#{n - 1}", "cpu")
+    assert tta == "none" and last.arch == shipped.members[-1].arch
+    assert np.array_equal(last.predict(faces), shipped.members[-1].predict(faces))
+    names = ["ferkit-fer2013#0", f"ferkit-fer2013#{n - 1}"]
+    spec = tmp_path / "pair.json"
+    save_ensemble_spec(spec, names, np.array([1.0, 1.0]), "none", "test")
+    assert [m["path"] for m in json.loads(spec.read_text())["members"]] == names
+    pair, _ = load_predictor(spec, "cpu")
+    expected = (shipped.members[0].predict(faces) + shipped.members[-1].predict(faces)) / 2
+    assert np.abs(pair.predict(faces) - expected).max() < 1e-6
+    wrong = f"ferkit-fer2013#{n}"
+    proc = run_ferkit("evaluate", "--model_path", wrong, "--data", tiny_real_csv, "--wandb", "disabled")
+    assert_one_line_error(proc, "ferkit-fer2013", f"holds {n} network(s)", f"not #{n}")
+
+
 def test_damaged_or_missing_weights_and_foreign_cards_are_one_line_errors(
     tmp_path, tiny_checkpoint, tiny_real_csv, run_ferkit
 ) -> None:

@@ -83,19 +83,33 @@ def is_ensemble_spec(path: str | Path) -> bool:
     return str(path).endswith(".json")
 
 
+def split_member(path: str | Path) -> tuple[str, int | None]:
+    """`MODEL#N` names the network N (from 0) of an ensemble, spec or model card, e.g. `ferkit-fer2013#3`:
+    (MODEL, N); any other path, or a file whose name holds a '#': (path, None)."""
+    base, sep, index = str(path).rpartition("#")
+    if not sep or not index.isdigit() or not base or exists(path):
+        return str(path), None
+    return base, int(index)
+
+
 def _names_a_file(path: str | Path) -> bool:
     """A path that exists or has a suffix is a file; otherwise it may be a shipped model's name."""
     return exists(path) or bool(Path(path).suffix)
 
 
 def is_shipped_name(path: str | Path) -> bool:
-    """Whether `path` names a model shipped with ferkit rather than a file."""
-    return not _names_a_file(path) and str(path) in shipped_models()
+    """Whether `path` names a model shipped with ferkit (or one of its networks, `NAME#N`), not a file."""
+    base = split_member(path)[0]
+    return not _names_a_file(base) and base in shipped_models()
 
 
 def resolve_model_path(path: str | None) -> str:
     """The model a command uses: `path`; the card of a model shipped with ferkit when `path` is its name
-    (`ferkit-fer2013`, `ferkit-fer2013-fast`) rather than a file; None: the default shipped model."""
+    (`ferkit-fer2013`, `ferkit-fer2013-fast`) rather than a file; None: the default shipped model. A
+    network of an ensemble (`MODEL#N`) keeps its number."""
+    base, index = split_member(path) if path else (path, None)
+    if index is not None:
+        return f"{resolve_model_path(base)}#{index}"
     if path:
         if _names_a_file(path):
             return str(path)
@@ -123,6 +137,14 @@ def load_predictor(path: str | Path, device: str = "auto", precision: str = "fp3
 
 
 def _load(path: str | Path, device: torch.device, parents: tuple[Path, ...]) -> tuple[Predictor, str]:
+    base, index = split_member(path)
+    if index is not None:
+        networks = members_and_weights(_load(base, device, parents)[0])[0]
+        if index >= len(networks):
+            raise FerkitError(
+                f"{base} holds {len(networks)} network(s), numbered 0 to {len(networks) - 1}: not #{index}"
+            )
+        return networks[index], "none"
     path = resolve_model_path(str(path))
     if not is_ensemble_spec(path):
         return CheckpointModel.load(path, device), "none"

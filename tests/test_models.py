@@ -245,6 +245,21 @@ def test_pretrained_imagenet_mobilenet_file(mobilenet_file: Path, tmp_path: Path
     )
 
 
+@pytest.mark.parametrize("size", [96, 64])
+def test_mobilenet_v2_is_torchvisions_output_for_output(mobilenet_file: Path, size: int) -> None:
+    """ferkit's MobileNetV2 (written so a shipped model need not import torchvision) takes torchvision's
+    ImageNet file key for key and gives its outputs."""
+    state = torch.load(mobilenet_file, map_location="cpu", weights_only=True)
+    ours = create_model("mobilenet_v2", num_classes=1000, in_chans=3, img_size=size)
+    theirs = torchvision.models.mobilenet_v2()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(state)
+    theirs.load_state_dict(state)
+    x = torch.rand(4, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), theirs.eval()(x), rtol=0, atol=1e-5)
+
+
 def test_pretrained_true_reads_the_installed_lite0_package() -> None:
     """EfficientNet-Lite0's ImageNet file comes with a package; the network matches the library the file
     was saved from, output for output (TensorFlow's 'same' padding included)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -111,6 +112,19 @@ def test_every_recipe_config_is_valid(recipe: Path) -> None:
     assert cfg.model in list_models()
     header = recipe.read_text().split("\nmodel:")[0]  # the comment names the command that reproduces it
     assert f"accuracy.py {recipe.stem} " in header + " " or f"configs/{recipe.name}" in header
+
+
+def test_ship_script_uses_only_recipes_it_trains() -> None:
+    """bench/ship.sh runs for hours: a renamed recipe or a member it never trains fails here, not there."""
+    script = Path(__file__).parents[1] / "bench" / "ship.sh"
+    text = script.read_text()
+    trained = re.findall(r"^train (\w+)", text, flags=re.MULTILINE)
+    assert trained, "bench/ship.sh trains nothing"
+    for recipe in trained:
+        assert (script.parents[1] / "configs" / f"{recipe}.yaml").is_file(), f"no configs/{recipe}.yaml"
+    used = re.findall(r"\$runs/(\w+)/best\.pth", text)
+    assert used and set(used) <= set(trained), f"members never trained: {set(used) - set(trained)}"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
 
 def test_restarts_schedule_raises_the_lr_again(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def is_ensemble_spec(path: str | Path) -> bool:
 
 
 def split_member(path: str | Path) -> tuple[str, int | None]:
-    """`MODEL#N` names the network N (from 0) of an ensemble, spec or model card, e.g. `ferkit-fer2013#3`:
+    """`MODEL#N` names the network N (from 0) of an ensemble, spec or model card, e.g. `ferkit-fer2013#0`:
     (MODEL, N); any other path, or a file whose name holds a '#': (path, None)."""
     base, sep, index = str(path).rpartition("#")
     if not sep or not index.isdigit() or not base or exists(path):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import shlex
 import sys
 import time
@@ -36,7 +35,7 @@ from ferkit.metrics import classification_report
 from ferkit.runtime.loading import load_predictor
 from ferkit.runtime.predictor import combine
 from ferkit.shipping.model_card import git_commit
-from ferkit.utils.device import cpu_has_bf16
+from ferkit.utils.device import cpu_has_bf16, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results.csv"
@@ -52,7 +51,7 @@ TABLE_PAGE = ROOT / "docs" / "benchmarks.md"  # the page holding the accuracy ta
 def machine() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    return f"{os.cpu_count()}-core {platform.machine()} CPU{' (bf16)' if cpu_has_bf16() else ''}"
+    return f"{os.cpu_count()}-core {cpu_name()}{' (bf16)' if cpu_has_bf16() else ''}"
 
 
 TTAS = ("none", "flip", "tencrop")

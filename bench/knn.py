@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,18 +27,9 @@ from ferkit.evaluation.neighbours import (
     score_settings,
 )
 from ferkit.runtime.loading import load_model
+from ferkit.utils.device import cpu_name
 
 SPLITS = ("Training", "PublicTest", "PrivateTest")
-
-
-def cpu_name() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def features(args: argparse.Namespace) -> dict[str, np.ndarray]:

@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 
 from ferkit.data import load_dataset
+from ferkit.utils.device import cpu_name
 
 FACE_INDEX = 34  # a PublicTest face the cascade finds when enlarged (as in tests/test_predict.py)
 SIDE, FACE_SIDE = 512, 200
@@ -213,13 +214,7 @@ def run_level(server: Server, body: bytes, concurrency: int, requests: int, seco
 
 # ----------------------------------------------------------------------------- the report
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_name()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         commit = subprocess.run(

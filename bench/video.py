@@ -31,6 +31,7 @@ from ferkit.apps.predict import RowWriter, VideoOptions, predict_paths
 from ferkit.apps.video import read_frames
 from ferkit.data import load_dataset
 from ferkit.shipping.model_card import git_commit
+from ferkit.utils.device import cpu_name
 
 SIZES = ((640, 360), (1280, 720))
 MODELS = ("ferkit-fer2013-fast", "ferkit-fer2013")
@@ -91,8 +92,7 @@ def decode_detect(clip: Path) -> None:
 
 
 def machine() -> str:
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    name = next((line.split(":", 1)[1].strip() for line in cpu.splitlines() if "Model name" in line), "?")
+    name = cpu_name()
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     return (
         f"CPU: {name}; torch threads {torch.get_num_threads()}\nuptime: {load}\ncommit: {git_commit() or '?'}"

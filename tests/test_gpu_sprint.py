@@ -14,9 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SPLIT_ORDER, write_fer_csv
 
 import ferkit
+from ferkit.utils.device import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = {  # spec -> (folder name, epochs)
@@ -55,6 +57,7 @@ def check_results(out: Path) -> list[dict[str, str]]:
         assert int(row["epochs"]) == epochs and "ferkit train --config configs/" in row["command"]
     for row in rows:
         assert all(0.0 <= float(row[c]) <= 1.0 for c in [*ACCURACY_COLUMNS, "private_macro_f1"]), row
+        assert torch.cuda.is_available() or cpu_name() in row["machine"], row["machine"]  # rows name the CPU
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -26,6 +27,17 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FerkitError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), for benchmark reports that must say what they ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cpu_has_bf16() -> bool:

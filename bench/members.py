@@ -6,7 +6,8 @@ adds the member that raises PublicTest most, with voting weights fitted on Publi
 
 MODEL: a checkpoint, run folder (its best.pth), ensemble spec, model card or shipped name; an ensemble
 or card stands for each of its networks. Default: the shipped ensemble's networks. `--max_mb` keeps the
-greedy sets within a shipped model's size (int8: a megabyte per million parameters). PrivateTest is only
+greedy sets within a shipped model's size (int8: a megabyte per million parameters); several caps give a
+greedy table each from the same predictions. PrivateTest is only
 reported for the sets PublicTest chose.
 """
 
@@ -74,15 +75,17 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=["ferkit-fer2013"])
     parser.add_argument("--tta", default="flip", choices=("none", "flip", "tencrop"))
     parser.add_argument("--data", default=os.environ.get("FERKIT_DATA", ""))
-    parser.add_argument("--max_mb", type=float, default=float("inf"), help="size cap of a set, int8 MB")
+    parser.add_argument(
+        "--max_mb", type=float, nargs="+", default=[float("inf")], help="size caps, int8 MB (inf: none)"
+    )
     args = parser.parse_args()
     ds = load_dataset(args.data)
     public, private = ds.split("PublicTest", True), ds.split("PrivateTest", True)
     nets = networks(args.models)
     sizes = [int8_mb(m) for _, m in nets]
-    if not args.max_mb >= min(sizes):  # before minutes of predictions; also catches nan
-        smallest = min(sizes)
-        raise FerkitError(f"--max_mb {args.max_mb:g}: no network fits, the smallest takes {smallest:.1f} MB")
+    for cap in args.max_mb:
+        if not cap >= min(sizes):  # before minutes of predictions; also catches nan
+            raise FerkitError(f"--max_mb {cap:g}: no network fits, the smallest takes {min(sizes):.1f} MB")
     pub = [m.predict(public.images, args.tta) for _, m in nets]
     priv = [m.predict(private.images, args.tta) for _, m in nets]
     print(f"models: {' '.join(args.models)}; tta {args.tta}; load average {os.getloadavg()[0]:.1f}\n")
@@ -96,11 +99,24 @@ def main() -> None:
     for i in range(len(nets)):
         cells = [f"{(preds[i] != preds[j]).mean():.1%}" if j != i else "-" for j in range(len(nets))]
         print(f"| {i} | " + " | ".join(cells) + " |")
-    cap = f", at most {args.max_mb:g} MB" if args.max_mb != float("inf") else ""
-    print(f"\nGreedy addition (weights fitted on PublicTest{cap}):\n")
+    for cap in args.max_mb:
+        print_greedy(pub, priv, public.labels, private.labels, sizes, cap)
+
+
+def print_greedy(
+    pub: list[np.ndarray],
+    priv: list[np.ndarray],
+    pub_labels: np.ndarray,
+    priv_labels: np.ndarray,
+    sizes: list[float],
+    cap: float,
+) -> None:
+    """The greedy table under one size cap; PrivateTest only reported for the sets PublicTest chose."""
+    within = f", at most {cap:g} MB" if cap != float("inf") else ""
+    print(f"\nGreedy addition (weights fitted on PublicTest{within}):\n")
     print("| members | weights | int8 MB | PublicTest | PrivateTest |\n|---|---|---:|---:|---:|")
-    for chosen, w, acc in greedy(pub, public.labels, sizes, args.max_mb):
-        priv_acc = accuracy(combine([priv[j] for j in chosen], w), private.labels)
+    for chosen, w, acc in greedy(pub, pub_labels, sizes, cap):
+        priv_acc = accuracy(combine([priv[j] for j in chosen], w), priv_labels)
         names, weights = ", ".join(map(str, chosen)), ", ".join(f"{x:.2f}" for x in w)
         mb = sum(sizes[j] for j in chosen)
         print(f"| {names} | {weights} | {mb:.1f} | {acc:.2%} | {priv_acc:.2%} |")

@@ -7,8 +7,7 @@ adds the member that raises PublicTest most, with voting weights fitted on Publi
 MODEL: a checkpoint, run folder (its best.pth), ensemble spec, model card or shipped name; an ensemble
 or card stands for each of its networks. Default: the shipped ensemble's networks. `--max_mb` keeps the
 greedy sets within a shipped model's size (int8: a megabyte per million parameters); several caps give a
-greedy table each from the same predictions. PrivateTest is only
-reported for the sets PublicTest chose.
+greedy table each from the same predictions. PrivateTest is only reported for the sets PublicTest chose.
 """
 
 from __future__ import annotations

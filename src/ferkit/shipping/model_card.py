@@ -20,8 +20,8 @@ from ferkit.version import __version__
 
 
 def data_provenance(source: str) -> dict[str, str]:
-    """The training data by file name and, for a file, its SHA-256: a path means nothing on another
-    machine, the digest says whether two cards saw the same bytes."""
+    """The data a card is measured on, by file name and, for a file, its SHA-256: a path means nothing
+    on another machine, the digest says whether two cards saw the same bytes."""
     path = Path(source)
     return {"file": path.name} | ({"sha256": sha256(path)} if path.is_file() else {})
 

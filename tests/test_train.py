@@ -175,9 +175,10 @@ def test_bad_options_are_one_line(run_ferkit, tiny_real_csv: Path, tmp_path: Pat
         ({"c.yaml": "base: b.yaml\n", "b.yaml": "base: c.yaml\n"}, "b.yaml: option 'base': c.yaml makes a"),
         ({"c.yaml": "base: c.yaml\n"}, "c.yaml: option 'base': c.yaml makes a loop"),
         ({"c.yaml": "base: [b.yaml]\n"}, "c.yaml: option 'base': ['b.yaml'] is not the name of a"),
+        ({"c.yaml": "base:\nlr: 0.1\n"}, "c.yaml: option 'base': None is not the name of a"),
         ({"c.yaml": "base: b.yaml\n", "b.yaml": "lr: fast\n"}, "b.yaml: option 'lr': 'fast' is not a valid"),
     ],
-    ids=["missing", "loop", "itself", "list", "bad-option-in-base"],
+    ids=["missing", "loop", "itself", "list", "empty", "bad-option-in-base"],
 )
 def test_a_bad_base_names_the_file_at_fault(tmp_path: Path, files: dict[str, str], needle: str) -> None:
     from ferkit.config import resolve_config

@@ -264,25 +264,30 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
+def _base_file(path: Path, base: Any, chain: tuple[Path, ...]) -> Path:
+    """The config file that `path`'s `base:` names, relative to `path`; FerkitError names `path` when
+    it names none, a missing file, or a file already in the `chain` of bases."""
+    if not isinstance(base, str) or not base.strip():
+        raise FerkitError(f"{path}: option 'base': {reprlib.repr(base)} is not the name of a config file")
+    base_path = path.parent / base
+    try:
+        found = base_path.is_file()
+    except OSError:  # a name too long for the file system
+        found = False
+    if not found:
+        raise FerkitError(f"{path}: option 'base': no config file {base_path}")
+    if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
+        raise FerkitError(f"{path}: option 'base': {base} makes a loop of bases")
+    return base_path
+
+
 def read_config(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A config file's checked options over those of the file its `base:` names (a path relative to it),
     so a recipe that differs from another by one option says only that option."""
     options = load_yaml(path)
-    base = options.pop("base", None)
     values: dict[str, Any] = {}
-    if base is not None:
-        if not isinstance(base, str) or not base.strip():
-            raise FerkitError(f"{path}: option 'base': {reprlib.repr(base)} is not the name of a config file")
-        base_path = path.parent / base
-        try:
-            found = base_path.is_file()
-        except OSError:  # a name too long for the file system
-            found = False
-        if not found:
-            raise FerkitError(f"{path}: option 'base': no config file {base_path}")
-        if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
-            raise FerkitError(f"{path}: option 'base': {base} makes a loop of bases")
-        values = read_config(base_path, (*chain, path))
+    if "base" in options:  # present but empty is an error, not "no base"
+        values = read_config(_base_file(path, options.pop("base"), chain), (*chain, path))
     return values | {k: _check(k, v, str(path)) for k, v in options.items()}
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from ferkit.errors import FerkitError
 from ferkit.utils.io import atomic_write_text
+from ferkit.utils.paths import is_file
 
 
 def option(
@@ -270,11 +271,7 @@ def _base_file(path: Path, base: Any, chain: tuple[Path, ...]) -> Path:
     if not isinstance(base, str) or not base.strip():
         raise FerkitError(f"{path}: option 'base': {reprlib.repr(base)} is not the name of a config file")
     base_path = path.parent / base
-    try:
-        found = base_path.is_file()
-    except OSError:  # a name too long for the file system
-        found = False
-    if not found:
+    if not is_file(base_path):
         raise FerkitError(f"{path}: option 'base': no config file {base_path}")
     if base_path.resolve() in {p.resolve() for p in (*chain, path)}:
         raise FerkitError(f"{path}: option 'base': {base} makes a loop of bases")
